@@ -146,4 +146,10 @@ d = { 'settings': { 'branch': 'main',
                                   'diffkit.training.EMA.update': ('training.html#ema.update', 'diffkit/training.py'),
                                   'diffkit.training.batches': ('training.html#batches', 'diffkit/training.py'),
                                   'diffkit.training.lr_lambda': ('training.html#lr_lambda', 'diffkit/training.py'),
-                                  'diffkit.training.train': ('training.html#train', 'diffkit/training.py')}}}
+                                  'diffkit.training.train': ('training.html#train', 'diffkit/training.py')},
+            'diffkit.widgets': { 'diffkit.widgets._widgets': ('widgets.html#_widgets', 'diffkit/widgets.py'),
+                                 'diffkit.widgets.available_samplers': ('widgets.html#available_samplers', 'diffkit/widgets.py'),
+                                 'diffkit.widgets.plot_schedules': ('widgets.html#plot_schedules', 'diffkit/widgets.py'),
+                                 'diffkit.widgets.plot_trajectories': ('widgets.html#plot_trajectories', 'diffkit/widgets.py'),
+                                 'diffkit.widgets.sampler_explorer': ('widgets.html#sampler_explorer', 'diffkit/widgets.py'),
+                                 'diffkit.widgets.schedule_explorer': ('widgets.html#schedule_explorer', 'diffkit/widgets.py')}}}
