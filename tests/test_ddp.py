@@ -1,0 +1,52 @@
+"Data-parallel training under torchrun: 2 CPU processes (gloo, loopback only) follow the 1-process loss curve."
+import importlib.util, json, os, socket, subprocess, sys
+from pathlib import Path
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / 'examples' / 'train_ddp.py'
+STEPS = 25
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location('train_ddp', EXAMPLE)
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def _one_process(seed=0):
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    try: return _example().main(steps=STEPS, batch_size=256, seed=seed)
+    finally: torch.set_num_threads(n)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason='needs gloo')
+def test_two_processes_match_one(tmp_path):
+    out = tmp_path / 'ddp.json'
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
+           'OMP_NUM_THREADS': '1', 'GLOO_SOCKET_IFNAME': os.environ.get('GLOO_SOCKET_IFNAME', 'lo')}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2',
+           '--master_addr', '127.0.0.1', '--master_port', str(_free_port()),
+           str(EXAMPLE), '--steps', str(STEPS), '--batch-size', '256', '--backend', 'gloo', '--out', str(out)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ddp = json.loads(out.read_text())
+    assert ddp['world'] == 2 and ddp['backend'] == 'gloo'
+    # DDP keeps the replicas identical
+    assert ddp['checksums'][0] == ddp['checksums'][1]
+    one = _one_process()
+    a, b = torch.tensor(ddp['losses']), torch.tensor(one['losses'])
+    assert len(a) == len(b) == STEPS
+    # same global batch, same times and noise, gradients averaged by DDP: equal up to reduction order
+    rel = ((a - b).abs() / b.abs()).max().item()
+    assert rel < 1e-4, rel
+    assert abs(ddp['checksums'][0] - one['checksum']) < 1e-4 * abs(one['checksum'])
+    # the tolerance is meaningful: another seed's curve is far outside it
+    other = torch.tensor(_one_process(seed=1)['losses'])
+    assert ((other - b).abs() / b.abs()).max().item() > 100 * 1e-4
