@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check diffkit --select F821,F822,F823,E9 --no-cache
 
 nbtest: $(STAMP)
-	$(BIN)/nbdev-test --timing --n-workers 2
+	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --timing --n-workers 2
 
 docs: $(STAMP)
 	$(PY) tools/build_docs.py
