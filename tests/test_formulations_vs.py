@@ -1,5 +1,6 @@
 "Heavier checks of diffkit.variational and diffkit.score: peers (diffusers schedulers) and the exported module itself."
 import math
+from test_docs import assert_typeset, chromium, load, server, site  # noqa: F401  (fixtures and helpers of the browser check)
 import pytest
 import torch
 from torch import nn
@@ -101,3 +102,11 @@ def test_score_samplers_module_level():
     loss.backward(); assert net.weight.grad is not None
     c_skip, c_out, c_in, c_noise = edm_precond(torch.tensor([1.]), 0.5)
     assert torch.allclose(torch.stack([c_skip, c_out, c_in]).flatten(), torch.tensor([0.2, 0.5 / 1.25 ** .5, 1 / 1.25 ** .5]))
+
+
+@pytest.mark.parametrize('page', ['variational.html', 'score.html'])
+def test_docs_pages_typeset_maths(page, chromium, server, tmp_path):  # noqa: F811 (fixtures imported from test_docs)
+    "The docs pages of both notebooks render their equations (the browser check of tests/test_docs.py)."
+    dom, text = load(chromium, server, page, tmp_path)
+    assert_typeset(dom, page)
+    assert 'sample_ddim' in text or 'sample_pc' in text
