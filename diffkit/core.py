@@ -62,7 +62,7 @@ def check_tensor(x, name: str = 'x', ndim: int | None = None, min_ndim: int | No
 
 def as_time(t, x: Tensor | None = None, name: str = 't') -> Tensor:
     "Return `t` as a float tensor of shape (B,) (or 0-d when `x` is None), checked to lie in [0, 1]."
-    if isinstance(t, (int, float)) and not isinstance(t, bool): t = torch.tensor(float(t))
+    if isinstance(t, (int, float)) and not isinstance(t, bool): t = torch.tensor(float(t), dtype=torch.float64)  # no float32 rounding
     if not isinstance(t, Tensor): raise TypeError(f"{name}: expected a float or a tensor of times in [0, 1], got {type(t).__name__}")
     if not t.is_floating_point(): t = t.float()
     if t.ndim > 1: raise ValueError(f"{name}: expected a scalar or a (batch,) tensor, got shape {tuple(t.shape)}")

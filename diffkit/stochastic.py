@@ -12,10 +12,11 @@ from torch import Tensor
 from .core import check_tensor
 from .paths import GaussianPath, VP
 from .samplers import check_grid
+from .variational import DiscreteVP
 
 # %% auto #0
 __all__ = ['GaussianNoise', 'PerSampleNoise', 'BrownianNoise', 'sample_ddim', 'sample_ddpm', 'sample_euler_ancestral',
-           'DiscreteVP', 'discrete_grid', 'diffusion_coefficient', 'sample_euler_maruyama', 'sample_dpmpp_2m_sde',
+           'grid_from_timesteps', 'diffusion_coefficient', 'sample_euler_maruyama', 'sample_dpmpp_2m_sde',
            'sample_dpmpp_3m_sde']
 
 # %% ../nbs/51_stochastic.ipynb #5f4be148
@@ -154,29 +155,7 @@ def sample_euler_ancestral(model, x: Tensor, ts, path: GaussianPath | None = Non
     return _ancestral(model, x, ts, path, extra_args, callback, eta, noise_sampler, generator, s_noise)
 
 # %% ../nbs/51_stochastic.ipynb #0d03108c
-class DiscreteVP(VP):
-    "The VP path through a discrete schedule's alphas_cumprod (Ho et al. 2020): timestep k is t = (k+1)/N, log alpha^2 linear in between."
-    def __init__(self, alphas_cumprod):
-        ac = torch.as_tensor(alphas_cumprod).detach().to('cpu', torch.float64)
-        if ac.ndim != 1 or len(ac) < 2 or not bool(((ac > 0) & (ac <= 1)).all()) or not bool((ac[1:] < ac[:-1]).all()):
-            raise ValueError(f"alphas_cumprod: expected a 1-D, strictly decreasing sequence in (0, 1], got shape {tuple(ac.shape)}")
-        self.n = len(ac)
-        self.log_a2 = torch.cat([ac.new_zeros(1), ac.log()])   # knots at t = k / N, k = 0..N
-    @classmethod
-    def from_betas(cls, betas): return cls(torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0))
-    def _interp(self, t):
-        L = self.log_a2.to(t.device, t.dtype)
-        u = t * self.n
-        k = u.floor().clamp(0, self.n - 1)
-        i = k.long()
-        return L[i] + (u - k) * (L[i + 1] - L[i]), (L[i + 1] - L[i]) * self.n
-    def alpha(self, t): return (0.5 * self._interp(t)[0]).exp()
-    def d_alpha(self, t):
-        v, slope = self._interp(t)
-        return 0.5 * slope * (0.5 * v).exp()
-    def __repr__(self): return f'DiscreteVP(N={self.n})'
-
-def discrete_grid(timesteps, num_train_timesteps: int, final_alpha_one: bool = True) -> Tensor:
+def grid_from_timesteps(timesteps, num_train_timesteps: int, final_alpha_one: bool = True) -> Tensor:
     "The diffkit grid of a diffusers timestep list: t = (k + 1) / N, ending at t = 0 (alpha = 1) or at t = 1 / N (alphas_cumprod[0])."
     k = torch.as_tensor(timesteps).detach().to('cpu', torch.float64)
     ts = torch.cat([(k + 1) / num_train_timesteps, k.new_zeros(1) if final_alpha_one else k.new_full((1,), 1 / num_train_timesteps)])

@@ -16,7 +16,7 @@ from .samplers import check_grid
 # %% auto #0
 __all__ = ['discrete_to_t', 't_to_discrete', 'linear_betas', 'cosine_betas', 'betas_from_path', 'rescale_zero_terminal_snr',
            'DiscreteVP', 'posterior', 'q_posterior', 'gaussian_kl', 'elbo_weights', 'ddpm_loss', 'vlb_terms', 'vlb_bpd',
-           'discrete_grid', 'sample_ddim', 'sample_ddpm', 'interp_log_variance', 'hybrid_loss']
+           'discrete_grid', 'interp_log_variance', 'hybrid_loss']
 
 # %% ../nbs/10_variational.ipynb #02e7e3f3
 def discrete_to_t(k, N: int) -> Tensor:
@@ -80,6 +80,12 @@ class DiscreteVP(VP):
     def d_alpha(self, t):
         i, _, k = self._at(t)
         return (k[i + 1] - k[i]) * self.N
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod):
+        "The schedule with these cumulative products (diffusers' `scheduler.alphas_cumprod`)."
+        ac = torch.as_tensor(alphas_cumprod).detach().to('cpu', torch.float64)
+        if ac.ndim != 1 or len(ac) < 1: raise ValueError(f"alphas_cumprod: expected a 1-D tensor, got shape {tuple(ac.shape)}")
+        return cls(1 - ac / torch.cat([ac.new_ones(1), ac[:-1]]))
     def __repr__(self): return f'DiscreteVP(N={self.N})'
 
 # %% ../nbs/10_variational.ipynb #1a1ecaf7
@@ -160,28 +166,6 @@ def discrete_grid(N: int, steps: int | None = None) -> Tensor:
     k = torch.linspace(N - 1, 0, steps, dtype=torch.float64).round().long()
     return check_grid(torch.cat([discrete_to_t(k, N), torch.zeros(1, dtype=torch.float64)]))
 
-@torch.no_grad()
-def sample_ddim(model, x: Tensor, ts, path: GaussianPath | None = None, eta: float = 0., extra_args: dict | None = None,
-                callback=None, generator: torch.Generator | None = None) -> Tensor:
-    "DDIM with stochasticity eta (Song, Meng & Ermon 2021, eq. 12): eta = 0 deterministic, eta = 1 ancestral DDPM."
-    check_tensor(x, 'x', min_ndim=2)
-    if eta < 0: raise ValueError(f"eta: expected eta >= 0, got {eta}")
-    ts, path, extra_args = check_grid(ts).tolist(), path or model.path, extra_args or {}
-    coef = lambda f, u: float(f(torch.tensor(u, dtype=torch.float64)))
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        denoised = model(x, x.new_full((x.shape[0],), t), **extra_args)
-        at, st, as_, ss = coef(path.alpha, t), coef(path.sigma, t), coef(path.alpha, s), coef(path.sigma, s)
-        eps = (x - at * denoised) / st
-        c = eta * ss * max(0., 1 - (at * ss / (as_ * st)) ** 2) ** 0.5 if ss > 0 else 0.
-        x = as_ * denoised + max(ss ** 2 - c ** 2, 0.) ** 0.5 * eps
-        if c > 0: x = x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        if callback is not None: callback(dict(x=x, i=i, t=t, denoised=denoised))
-    return x
-
-def sample_ddpm(model, x: Tensor, ts, path: GaussianPath | None = None, extra_args: dict | None = None,
-                callback=None, generator: torch.Generator | None = None) -> Tensor:
-    "Ancestral sampling from q(x_s | x_t, x0 = D(x_t)) (Ho et al. 2020, Alg. 2): DDIM with eta = 1."
-    return sample_ddim(model, x, ts, path, 1., extra_args, callback, generator)
 
 # %% ../nbs/10_variational.ipynb #123bd361
 def interp_log_variance(v: Tensor, sched: DiscreteVP, k) -> Tensor:

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from diffkit.paths import VPLinear
 from diffkit.toy import OracleDenoiser, random_mixture
-from diffkit.variational import (DiscreteVP, discrete_to_t, hybrid_loss, linear_betas, sample_ddim, sample_ddpm,
+from diffkit.stochastic import sample_ddim, sample_ddpm
+from diffkit.variational import (DiscreteVP, discrete_to_t, hybrid_loss, linear_betas,
                                  vlb_bpd, betas_from_path, discrete_grid)
 from diffkit.score import dsm_loss, edm_precond, sample_pc, sample_sde
 

@@ -10,7 +10,8 @@ from diffkit.paths import get_path
 from diffkit.toy import OracleDenoiser, random_mixture
 from diffkit.samplers import sample_euler, uniform_grid
 from diffkit.metrics import sliced_wasserstein
-from diffkit.stochastic import (BrownianNoise, DiscreteVP, GaussianNoise, PerSampleNoise, discrete_grid, sample_ddim, sample_ddpm,
+from diffkit.variational import DiscreteVP
+from diffkit.stochastic import (BrownianNoise, GaussianNoise, PerSampleNoise, grid_from_timesteps, sample_ddim, sample_ddpm,
                                 sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_euler_ancestral, sample_euler_maruyama)
 
 F64 = torch.float64
@@ -54,7 +55,7 @@ def _diffusers_model(kind, set_alpha_to_one=True):
     diffusers = pytest.importorskip('diffusers')
     sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule='linear', clip_sample=False,
                                     set_alpha_to_one=set_alpha_to_one, thresholding=False)
-    path = DiscreteVP(sched.alphas_cumprod)
+    path = DiscreteVP.from_alphas_cumprod(sched.alphas_cumprod)
     if kind == 'oracle':
         D = OracleDenoiser(GM, path)
         eps = lambda x, k: D.predict(x, torch.full((len(x),), (int(k) + 1) / 1000, dtype=F64), 'eps')
@@ -81,7 +82,7 @@ def test_ddim_matches_diffusers(kind, eta, one):
     with torch.no_grad():
         for i, k in enumerate(sched.timesteps):
             y = sched.step(eps(y, k), k, y, eta=eta, variance_noise=zs[i]).prev_sample
-    ts = discrete_grid(sched.timesteps, 1000, final_alpha_one=one)
+    ts = grid_from_timesteps(sched.timesteps, 1000, final_alpha_one=one)
     idx = {t: i for i, t in enumerate(ts.tolist())}
     ours = sample_ddim(D, x, ts, eta=eta, noise_sampler=lambda t, t_next: zs[idx[t]])
     assert rel_err(ours, y) < 1e-4, rel_err(ours, y)
@@ -102,7 +103,7 @@ def test_ddpm_matches_diffusers(kind, monkeypatch):
     y = x.clone()
     with torch.no_grad():
         for k in sched.timesteps: y = sched.step(eps(y, k), k, y).prev_sample
-    ts = discrete_grid(sched.timesteps, 1000)
+    ts = grid_from_timesteps(sched.timesteps, 1000)
     idx = {t: i for i, t in enumerate(ts.tolist())}
     ours = sample_ddpm(D, x, ts, noise_sampler=lambda t, t_next: zs[idx[t]])
     assert rel_err(ours, y) < 1e-4, rel_err(ours, y)
