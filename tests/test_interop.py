@@ -113,6 +113,26 @@ def test_wrapper_is_the_model_at_diffusers_timesteps(unet, dit):
             assert torch.equal(Dd.net(X1, t, y=Y), dit(X1, kk, class_labels=Y).sample[:, :1])
 
 
+def test_text_conditioned_unet_keywords_pass_through():
+    "Keywords other than y (here encoder_hidden_states of a UNet2DConditionModel) reach the model unchanged, through extra_args."
+    torch.manual_seed(2)
+    u = diffusers.UNet2DConditionModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1,
+                                       down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'),
+                                       norm_num_groups=8, cross_attention_dim=16, attention_head_dim=8).eval()
+    c = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(7))
+    s = ddim()
+    D = from_diffusers(u, s)
+    with torch.no_grad():
+        assert torch.equal(D.net(X1, torch.full((3,), 0.5), encoder_hidden_states=c), u(X1, torch.full((3,), 499), c).sample)
+    ref = diffusers.DDIMScheduler.from_config(s.config)
+    ref.set_timesteps(4)
+    y = X1.clone()
+    with torch.no_grad():
+        for k in ref.timesteps: y = ref.step(u(y, k, c).sample, k, y).prev_sample
+    ours = sample_ddim(D, X1, discrete_grid(ref.timesteps, 1000), extra_args={'encoder_hidden_states': c})
+    assert rel_err(ours, y) < 1e-4, rel_err(ours, y)
+
+
 def test_wrapper_is_continuous_in_t_and_rounds_on_request(unet):
     net = DiffusersBackbone(unet, 1000)
     t = torch.full((3,), 0.3004)
