@@ -11,7 +11,7 @@ from torch import nn, Tensor
 from .core import as_time
 from .paths import GaussianPath, Linear, check_prediction
 from .denoiser import Denoiser
-from .stochastic import DiscreteVP
+from .variational import DiscreteVP
 
 # %% auto #0
 __all__ = ['t_to_diffusers_timestep', 'diffusers_timestep_to_t', 't_to_sigma_kdiffusion', 'sigma_kdiffusion_to_t',
@@ -93,9 +93,9 @@ def from_diffusers(model: nn.Module, scheduler=None, prediction_type: str | None
     "A diffkit `Denoiser` for a diffusers model and its scheduler: DiscreteVP + eps/v/x0 (DDPM-style) or Linear + velocity (flow matching)."
     if scheduler is not None:
         kind, n = _scheduler_kind(scheduler), scheduler.config.num_train_timesteps
-        if path is None: path = DiscreteVP(scheduler.alphas_cumprod) if kind == 'discrete' else Linear()
+        if path is None: path = DiscreteVP.from_alphas_cumprod(scheduler.alphas_cumprod) if kind == 'discrete' else Linear()
         if prediction_type is None: prediction_type = scheduler.config.get('prediction_type', 'epsilon') if kind == 'discrete' else 'velocity'
-    elif isinstance(path, DiscreteVP): kind, n = 'discrete', path.n
+    elif isinstance(path, DiscreteVP): kind, n = 'discrete', path.N
     elif isinstance(path, Linear): kind, n = 'flow', 1000
     else: raise ValueError(f"from_diffusers: expected a scheduler, or a path that is a DiscreteVP or Linear, got path={path!r}")
     if not isinstance(path, GaussianPath): raise TypeError(f"path: expected a GaussianPath, got {type(path).__name__}")

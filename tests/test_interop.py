@@ -6,7 +6,8 @@ from diffkit.interop import (DiffusersBackbone, diffusers_timestep_to_t, from_di
                              t_to_diffusers_timestep, t_to_sigma_kdiffusion)
 from diffkit.paths import Linear
 from diffkit.samplers import sample_euler
-from diffkit.stochastic import (DiscreteVP, discrete_grid, sample_ddim, sample_ddpm, sample_dpmpp_2m_sde,
+from diffkit.variational import DiscreteVP
+from diffkit.stochastic import (grid_from_timesteps, sample_ddim, sample_ddpm, sample_dpmpp_2m_sde,
                                 sample_euler_ancestral, sample_euler_maruyama)
 
 diffusers = pytest.importorskip('diffusers')
@@ -67,14 +68,14 @@ def test_time_closed_forms():
     f.set_timesteps(8)    # diffusers: timestep = 1000 sigma, whatever the shift
     assert torch.allclose(diffusers_timestep_to_t(f.timesteps, f), f.sigmas[:-1].double(), atol=1e-6)
     # DiscreteVP at t = (k+1)/N is diffusers' alphas_cumprod[k]
-    vp = DiscreteVP(s.alphas_cumprod)
+    vp = DiscreteVP.from_alphas_cumprod(s.alphas_cumprod)
     k = torch.arange(0, 1000, 37)
     assert torch.allclose(vp.alpha(diffusers_timestep_to_t(k, s)) ** 2, s.alphas_cumprod[k].double(), rtol=1e-6)
 
 
 def test_kdiffusion_sigmas_match_euler_discrete():
     s = ddim()
-    vp = DiscreteVP(s.alphas_cumprod)
+    vp = DiscreteVP.from_alphas_cumprod(s.alphas_cumprod)
     e = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule='linear', timestep_spacing='trailing')
     e.set_timesteps(10)
     ours = t_to_sigma_kdiffusion(diffusers_timestep_to_t(e.timesteps, s), vp)
@@ -82,7 +83,7 @@ def test_kdiffusion_sigmas_match_euler_discrete():
     assert torch.allclose(sigma_kdiffusion_to_t(e.sigmas[:-1].double(), vp), diffusers_timestep_to_t(e.timesteps, s), atol=1e-6)
 
 
-@pytest.mark.parametrize('path', [DiscreteVP(ddim().alphas_cumprod), Linear()])
+@pytest.mark.parametrize('path', [DiscreteVP.from_alphas_cumprod(ddim().alphas_cumprod), Linear()])
 def test_kdiffusion_round_trip(path):
     t = torch.linspace(0.01, 0.99, 50, dtype=F64)
     assert torch.allclose(sigma_kdiffusion_to_t(t_to_sigma_kdiffusion(t, path), path), t, atol=1e-8)
@@ -129,7 +130,7 @@ def test_text_conditioned_unet_keywords_pass_through():
     y = X1.clone()
     with torch.no_grad():
         for k in ref.timesteps: y = ref.step(u(y, k, c).sample, k, y).prev_sample
-    ours = sample_ddim(D, X1, discrete_grid(ref.timesteps, 1000), extra_args={'encoder_hidden_states': c})
+    ours = sample_ddim(D, X1, grid_from_timesteps(ref.timesteps, 1000), extra_args={'encoder_hidden_states': c})
     assert rel_err(ours, y) < 1e-4, rel_err(ours, y)
 
 
@@ -150,7 +151,7 @@ def test_targets_and_paths(unet, pt, target):
     assert D.target == target and isinstance(D.path, DiscreteVP)
     Df = from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler())
     assert Df.target == 'velocity' and isinstance(Df.path, Linear) and Df.net.offset == 0
-    Dp = from_diffusers(unet, path=DiscreteVP(ddim().alphas_cumprod), prediction_type=pt)   # no scheduler
+    Dp = from_diffusers(unet, path=DiscreteVP.from_alphas_cumprod(ddim().alphas_cumprod), prediction_type=pt)   # no scheduler
     assert Dp.target == target and Dp.net.offset == -1 and Dp.net.n == 1000
 
 
@@ -177,7 +178,7 @@ def diffusers_loop(model, sched, x, steps, y, **step_kw):
 def test_ddim_matches_diffusers(unet, pt, one):
     s = ddim(pt, one)
     ref = diffusers_loop(unet, s, X1, 8, Y)
-    ours = sample_ddim(from_diffusers(unet, s), X1, discrete_grid(s.timesteps, 1000, final_alpha_one=one), extra_args=dict(y=Y))
+    ours = sample_ddim(from_diffusers(unet, s), X1, grid_from_timesteps(s.timesteps, 1000, final_alpha_one=one), extra_args=dict(y=Y))
     assert rel_err(ours, ref) < 1e-4, rel_err(ours, ref)
 
 
@@ -189,7 +190,7 @@ def test_ddim_eta_matches_diffusers_dit(dit):
     with torch.no_grad():
         for i, k in enumerate(s.timesteps):
             y = s.step(dit(y, k.expand(3), class_labels=Y).sample[:, :1], k, y, eta=1., variance_noise=zs[i]).prev_sample
-    ts = discrete_grid(s.timesteps, 1000)
+    ts = grid_from_timesteps(s.timesteps, 1000)
     idx = {t: i for i, t in enumerate(ts.tolist())}
     ours = sample_ddim(from_diffusers(dit, s), X1, ts, eta=1., extra_args=dict(y=Y), noise_sampler=lambda t, tn: zs[idx[t]])
     assert rel_err(ours, y) < 1e-4, rel_err(ours, y)
@@ -203,7 +204,7 @@ def test_ddpm_matches_diffusers(unet, monkeypatch):
     calls = iter(zs)
     monkeypatch.setattr(ddpm_mod, 'randn_tensor', lambda *a, **k: next(calls))
     ref = diffusers_loop(unet, s, X1, 6, Y)
-    ts = discrete_grid(s.timesteps, 1000)
+    ts = grid_from_timesteps(s.timesteps, 1000)
     idx = {t: i for i, t in enumerate(ts.tolist())}
     ours = sample_ddpm(from_diffusers(unet, s), X1, ts, extra_args=dict(y=Y), noise_sampler=lambda t, tn: zs[idx[t]])
     assert rel_err(ours, ref) < 1e-4, rel_err(ours, ref)
