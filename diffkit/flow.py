@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 from .core import as_time, append_dims, check_tensor
-from .paths import GaussianPath, Linear, convert
+from .paths import GaussianPath, convert
 from .objectives import sample_t
 
 # %% auto #0
