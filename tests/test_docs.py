@@ -74,7 +74,7 @@ def page_requests(netlog: Path, origin: str) -> list[str]:
 def load(chromium, server, page: str, tmp_path) -> tuple[str, str]:
     "Open a page in headless Chromium; return its DOM after JavaScript ran, and the DOM's text."
     base, served = server
-    netlog = tmp_path / f"{page}.netlog.json"
+    netlog = tmp_path / f"{page.replace('/', '_')}.netlog.json"
     r = subprocess.run([chromium, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--log-net-log={netlog}", "--dump-dom", base + page],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "</html>" in r.stdout, f"chromium failed on {page}:\n{r.stderr[-3000:]}"
