@@ -1,6 +1,5 @@
 "Training loop: exact resume, atomic and verified checkpoints, objectives' weightings and time densities, NaN guard, AMP, callbacks."
 import json, math
-from pathlib import Path
 import pytest
 import torch
 from torch import nn
