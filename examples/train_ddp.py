@@ -20,7 +20,8 @@ from diffkit.training import ProgressBar, train
 
 
 def main(steps: int = 30, batch_size: int = 256, width: int = 64, seed: int = 0, lr: float = 2e-3, out: str | None = None,
-         backend: str | None = None, dataset: str = 'checkerboard', progress: bool = False) -> dict:
+         backend: str | None = None, dataset: str = 'checkerboard', progress: bool = False,
+         checkpoint_dir: str | None = None, checkpoint_every: int = 0, resume: bool | str = False) -> dict:
     "Train a TimeMLP on a 2-D toy set, under torchrun if launched by it; return (and on rank 0 save) the losses."
     distributed = 'RANK' in os.environ and int(os.environ.get('WORLD_SIZE', '1')) > 1
     device = torch.device('cpu')
@@ -38,7 +39,8 @@ def main(steps: int = 30, batch_size: int = 256, width: int = 64, seed: int = 0,
         loss = lambda m, x0, gen: regression_loss(m, path, x0, 'velocity', generator=gen, shard=(rank, world))
         model, losses = train(net, loss, data, steps=steps, batch_size=batch_size, lr=lr, warmup=5, ema_decay=0.99,
                               generator=torch.Generator().manual_seed(seed), device=device,
-                              callbacks=[ProgressBar(every=10)] if progress else ())
+                              callbacks=[ProgressBar(every=10)] if progress else (),
+                              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
         checksum = float(sum(p.double().sum() for p in model.parameters()))
         res = dict(rank=rank, world=world, losses=losses, checksum=checksum, backend=backend or 'none')
         if out:
@@ -63,5 +65,9 @@ if __name__ == '__main__':
     p.add_argument('--backend', default=None, help='gloo or nccl (default: nccl on GPU, gloo on CPU)')
     p.add_argument('--out', default=None, help='write the losses (rank 0) to this JSON file')
     p.add_argument('--progress', action='store_true')
+    p.add_argument('--checkpoint-dir', default=None, help='save checkpoints here (rank 0 writes)')
+    p.add_argument('--checkpoint-every', type=int, default=0)
+    p.add_argument('--resume', default='', help="'latest' (newest in --checkpoint-dir) or a checkpoint path prefix")
     a = p.parse_args()
-    main(a.steps, a.batch_size, a.width, a.seed, a.lr, a.out, a.backend, progress=a.progress)
+    main(a.steps, a.batch_size, a.width, a.seed, a.lr, a.out, a.backend, progress=a.progress, checkpoint_dir=a.checkpoint_dir,
+         checkpoint_every=a.checkpoint_every, resume=True if a.resume == 'latest' else (a.resume or False))

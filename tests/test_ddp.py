@@ -1,4 +1,4 @@
-"Data-parallel training under torchrun: 2 CPU processes (gloo, loopback only) follow the 1-process loss curve."
+"Data-parallel training under torchrun: 2 CPU processes (gloo, loopback only) follow the 1-process loss curve and resume exactly."
 import importlib.util, json, os, socket, subprocess, sys
 from pathlib import Path
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / 'examples' / 'train_ddp.py'
-STEPS = 25
+STEPS = 20
 
 
 def _free_port() -> int:
@@ -27,15 +27,17 @@ def _one_process(seed=0):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason='needs gloo')
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one_and_resume_exactly(tmp_path):
     out = tmp_path / 'ddp.json'
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
            'OMP_NUM_THREADS': '1', 'GLOO_SOCKET_IFNAME': os.environ.get('GLOO_SOCKET_IFNAME', 'lo')}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2',
-           '--master_addr', '127.0.0.1', '--master_port', str(_free_port()),
-           str(EXAMPLE), '--steps', str(STEPS), '--batch-size', '256', '--backend', 'gloo', '--out', str(out)]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    def torchrun(*args):
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2',
+               '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), str(EXAMPLE), '--steps', str(STEPS),
+               '--batch-size', '256', '--backend', 'gloo', '--checkpoint-dir', str(tmp_path / 'ck'), '--checkpoint-every', '10', *args]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    torchrun('--out', str(out))
     ddp = json.loads(out.read_text())
     assert ddp['world'] == 2 and ddp['backend'] == 'gloo'
     # DDP keeps the replicas identical
@@ -50,3 +52,7 @@ def test_two_processes_match_one(tmp_path):
     # the tolerance is meaningful: another seed's curve is far outside it
     other = torch.tensor(_one_process(seed=1)['losses'])
     assert ((other - b).abs() / b.abs()).max().item() > 100 * 1e-4
+    # a 2-process run resumed from its step-10 checkpoint ends exactly where the uninterrupted one did
+    torchrun('--resume', str(tmp_path / 'ck' / 'step_0000010'), '--out', str(tmp_path / 'resumed.json'))
+    resumed = json.loads((tmp_path / 'resumed.json').read_text())
+    assert resumed['losses'] == ddp['losses'] and resumed['checksums'] == ddp['checksums']

@@ -1,6 +1,5 @@
 "Training loop: exact resume, atomic and verified checkpoints, objectives' weightings and time densities, NaN guard, AMP, callbacks."
 import json, math
-from pathlib import Path
 import pytest
 import torch
 from torch import nn
@@ -249,3 +248,24 @@ def test_drop_labels():
         frac = (drop_labels(y, p, 10, g) == 10).double().mean().item()
         assert abs(frac - p) < 4 * math.sqrt(p * (1 - p) / len(y)), (p, frac)
     with pytest.raises(ValueError, match='probability'): drop_labels(y, 1.5, 10)
+
+
+def test_posthoc_ema_reconstructs_untracked_widths_and_steps():
+    from diffkit.training import PostHocEMA, PowerEMA, sigma_rel_to_gamma
+    m = nn.Linear(1, 1, bias=False)
+    cb = PostHocEMA(every=50)
+    fake = type('T', (), dict(step=0, steps=1000, model=m))()
+    cb.before_fit(fake)
+    direct = {s: PowerEMA(m, sigma_rel_to_gamma(s)) for s in (0.06, 0.09)}
+    at600 = {}
+    for k in range(1, 1001):
+        with torch.no_grad(): m.weight.fill_(math.cos(k / 70) + k / 800)
+        fake.step = k; cb.after_step(fake)
+        for e in direct.values(): e.update(m)
+        if k == 600: at600 = {s: e.model.weight.item() for s, e in direct.items()}
+    gap = abs(cb.emas[0].model.weight.item() - cb.emas[1].model.weight.item())
+    assert gap > 0.04   # the widths differ measurably; the reconstructions must land within 2% of that gap
+    for s, e in direct.items():
+        assert abs(cb.reconstruct(s).weight.item() - e.model.weight.item()) < 0.02 * gap
+        assert abs(cb.reconstruct(s, step=600).weight.item() - at600[s]) < 0.02 * gap
+    with pytest.raises(ValueError, match='sigma_rel'): sigma_rel_to_gamma(0.5)
