@@ -63,13 +63,19 @@ def test_convergence_order(name, vp_reference):
     assert lo < order < hi, (name, errs, order)
 
 
-def test_reference_is_accurate(vp_reference):
-    "The reference agrees with adaptive Dormand-Prince at tight tolerance, far below the errors measured above."
+def test_adaptive_tightens_and_confirms_the_reference(vp_reference):
+    "Adaptive Dormand-Prince: a tighter tolerance costs more NFE (reported in info) and lands closer to the reference;"
+    "at 1e-7 it agrees with the reference far below the errors measured in the order test."
     D, grid, ref = vp_reference
+    res = []
+    for tol in (1e-3, 1e-7):
+        info = {}
+        out = sample_adaptive(D, X1, [0.9, 0.2], rtol=tol, atol=tol, info=info)
+        res.append(((out - ref).norm(dim=1).mean().item(), info['nfe']))
+    assert res[1][0] < 1e-4 and res[1][0] < res[0][0] / 10 and res[1][1] > res[0][1], res
     info = {}
-    xa = sample_adaptive(D, X1, [0.9, 0.2], rtol=1e-9, atol=1e-9, info=info)
-    assert (xa - ref).norm(dim=1).mean() < 1e-5
-    assert info['nfe'] > 50 and info['steps'] > 5
+    out = sample_adaptive(D, X1[:8], get_grid('karras', 3, D.path), rtol=1e-2, atol=1e-2, info=info)   # sigma = 0 at the end: final jump
+    assert out.isfinite().all() and info['nfe'] > 6
 
 
 def test_fast_oracle_is_the_oracle():
@@ -151,28 +157,14 @@ def test_grids():
     with pytest.raises(ValueError, match='t_min < t_max'): get_grid('uniform', 4, t_max=0.2, t_min=0.5)
 
 
-def test_adaptive_reports_nfe_and_tightens():
-    D = FastOracle(GM, 'linear')
-    ref = sample_unipc(D, X1, get_grid('logsnr', 120, D.path, t_min=0.01), order=3, lower_order_final=False)
-    res = []
-    for tol in (1e-3, 1e-6):
-        info = {}
-        out = sample_adaptive(D, X1, [1., 0.01], rtol=tol, atol=tol, info=info)
-        res.append(((out - ref).norm(dim=1).mean().item(), info['nfe']))
-    assert res[1][0] < res[0][0] / 10 and res[1][1] > res[0][1], res
-    info = {}
-    out = sample_adaptive(D, X1, get_grid('karras', 4, D.path), info=info)   # ends at sigma = 0: final denoising jump
-    assert out.isfinite().all() and info['nfe'] > 6
-
-
 def test_flow_map_with_exact_map_is_grid_independent():
     D = FastOracle(GM, 'trig')
     def exact_map(x, t, s):
         t0, s0 = t[0].item(), s[0].item()
-        return sample_dpmpp_3m(D, x, get_grid('logsnr', 40, D.path, t_max=t0, t_min=s0))
+        return sample_unipc(D, x, get_grid('logsnr', 40, D.path, t_max=t0, t_min=s0), order=3, lower_order_final=False)
     one = sample_flow_map(exact_map, X1, [0.95, 0.05])
     many = sample_flow_map(exact_map, X1, [0.95, 0.7, 0.4, 0.05])
-    torch.testing.assert_close(one, many, atol=1e-3, rtol=0)
+    assert (one - many).norm(dim=1).mean() < 2e-3
     with pytest.raises(TypeError, match='renoise needs'): sample_flow_map(exact_map, X1, [0.9, 0.], renoise=True)
 
 
@@ -188,11 +180,11 @@ def test_bf16_autocast_on_cpu_runs_and_stays_close():
     "Under CPU bf16 autocast the samplers run, keep x in float32, and stay close to the float32 result."
     from diffkit.models.mlp import TimeMLP
     torch.manual_seed(0)
-    net = TimeMLP(dim=2, width=64, depth=2)
+    net = TimeMLP(dim=2, width=32, depth=1)
     torch.nn.init.normal_(net.out[-1].weight, std=0.1)
     D = Denoiser(net, 'linear', 'velocity')
-    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
-    ts = get_grid('uniform', 10)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    ts = get_grid('uniform', 6)
     for fn in (sample_euler, sample_dpmpp_2m, sample_unipc, sample_heun):
         full = fn(D, x, ts)
         with torch.autocast('cpu', dtype=torch.bfloat16):
