@@ -76,7 +76,7 @@ def test_classifier_loads_and_reaches_stated_accuracy():
     meta = json.loads(_asset('digits_classifier.json').read_text())
     assert meta['command'].startswith('python tools/train_classifier.py')
     assert _asset('digits_classifier.safetensors').stat().st_size < 1_000_000
-    xtr, ytr, xte, yte = digits_split(meta['split']['seed'], meta['split']['train_frac'])
+    xtr, ytr, xte, yte = digits_split(meta['split']['seed'], meta['split']['val_frac'])
     acc = classifier_accuracy(xte, yte, clf)
     assert acc >= 0.99 and abs(acc - meta['held_out_accuracy']) < 1e-6, (acc, meta['held_out_accuracy'])
 
@@ -147,3 +147,10 @@ def test_ode_nll_hutchinson_within_tolerance():
 def test_bits_per_dim():
     assert abs(bits_per_dim(16 * math.log(2.), 16, n_bins=256) - 8.) < 1e-12
     with pytest.raises(ValueError, match='positive number of dimensions'): bits_per_dim(1., 0)
+
+
+def test_split_and_preprocessing_match_data_module():
+    "The classifier's held-out set is diffkit.data's validation split (val_frac=0.2, seed=0), pixel for pixel."
+    data = pytest.importorskip('diffkit.data')
+    x, y = data.load_digits()
+    for a, b in zip(data.train_val_split(x, y, val_frac=0.2, seed=0), digits_split()): assert torch.equal(a, b)
