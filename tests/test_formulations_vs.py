@@ -105,9 +105,10 @@ def test_score_samplers_module_level():
     assert torch.allclose(torch.stack([c_skip, c_out, c_in]).flatten(), torch.tensor([0.2, 0.5 / 1.25 ** .5, 1 / 1.25 ** .5]))
 
 
-@pytest.mark.parametrize('page', ['variational.html', 'score.html'])
-def test_docs_pages_typeset_maths(page, chromium, server, tmp_path):  # noqa: F811 (fixtures imported from test_docs)
-    "The docs pages of both notebooks render their equations (the browser check of tests/test_docs.py)."
+@pytest.mark.parametrize('page,api', [('variational.html', 'vlb_bpd'), ('score.html', 'sample_pc'),
+                                      ('flow.html', 'straightness'), ('interpolants.html', 'PathChange')])
+def test_docs_pages_typeset_maths(page, api, chromium, server, tmp_path):  # noqa: F811 (fixtures imported from test_docs)
+    "The docs pages of the four formulation notebooks render their equations (the browser check of tests/test_docs.py)."
     dom, text = load(chromium, server, page, tmp_path)
     assert_typeset(dom, page)
-    assert 'sample_ddim' in text or 'sample_pc' in text
+    assert api in text
