@@ -547,4 +547,7 @@ d = { 'settings': { 'branch': 'main',
                                  'diffkit.widgets.plot_schedules': ('widgets.html#plot_schedules', 'diffkit/widgets.py'),
                                  'diffkit.widgets.plot_trajectories': ('widgets.html#plot_trajectories', 'diffkit/widgets.py'),
                                  'diffkit.widgets.sampler_explorer': ('widgets.html#sampler_explorer', 'diffkit/widgets.py'),
-                                 'diffkit.widgets.schedule_explorer': ('widgets.html#schedule_explorer', 'diffkit/widgets.py')}}}
+                                 'diffkit.widgets.schedule_explorer': ('widgets.html#schedule_explorer', 'diffkit/widgets.py')},
+            'diffkit.zoo': { 'diffkit.zoo._assets': ('zoo.html#_assets', 'diffkit/zoo.py'),
+                             'diffkit.zoo.load_zoo': ('zoo.html#load_zoo', 'diffkit/zoo.py'),
+                             'diffkit.zoo.zoo_models': ('zoo.html#zoo_models', 'diffkit/zoo.py')}}}
