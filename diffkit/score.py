@@ -15,7 +15,7 @@ from .objectives import regression_loss
 from .samplers import check_grid
 
 # %% auto #0
-__all__ = ['ism_loss', 'dsm_loss', 'SubVP', 'sde_coefficients', 'reverse_drift', 'sample_sde', 'sample_pc', 'edm_precond']
+__all__ = ['ism_loss', 'dsm_loss', 'SubVP', 'sde_coefficients', 'reverse_drift', 'sample_pc', 'edm_precond']
 
 # %% ../nbs/11_score.ipynb #eaf8b14b
 def ism_loss(score_fn, x: Tensor) -> Tensor:
@@ -72,20 +72,6 @@ def _score(model, x, t, path, extra_args):
 def _randn(x, generator): return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 @torch.no_grad()
-def sample_sde(model, x: Tensor, ts, path: GaussianPath | None = None, eta: float = 1., extra_args: dict | None = None,
-               callback=None, generator: torch.Generator | None = None) -> Tensor:
-    "Euler-Maruyama on the reverse SDE family (Song et al. 2021, eq. 6; eta = 0: the PF-ODE by Euler)."
-    check_tensor(x, 'x', min_ndim=2)
-    if eta < 0: raise ValueError(f"eta: expected eta >= 0, got {eta}")
-    ts, path, extra_args = check_grid(ts).tolist(), path or model.path, extra_args or {}
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        denoised, score = _score(model, x, t, path, extra_args)
-        x = x + (s - t) * reverse_drift(path, x, t, score, eta)
-        if eta > 0 and s > 0: x = x + eta * float(sde_coefficients(path, torch.tensor(t, dtype=torch.float64))[1]) * (t - s) ** .5 * _randn(x, generator)
-        if callback is not None: callback(dict(x=x, i=i, t=t, denoised=denoised))
-    return x
-
-@torch.no_grad()
 def sample_pc(model, x: Tensor, ts, path: GaussianPath | None = None, snr: float = 0.16, extra_args: dict | None = None,
               callback=None, generator: torch.Generator | None = None, corrector_steps: int = 1) -> Tensor:
     "Predictor-corrector sampling: Langevin corrector then reverse-SDE predictor at each step (Song et al. 2021, Alg. 4-5)."
@@ -98,7 +84,9 @@ def sample_pc(model, x: Tensor, ts, path: GaussianPath | None = None, snr: float
             z = _randn(x, generator)
             delta = 2 * (snr * z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean().clamp_min(1e-12)) ** 2
             x = x + delta * score + (2 * delta).sqrt() * z
-        x = sample_sde(model, x, [t, s], path, 1., extra_args, None, generator)
+        denoised, score = _score(model, x, t, path, extra_args)                 # predictor: one reverse-SDE Euler-Maruyama step
+        x = x + (s - t) * reverse_drift(path, x, t, score, 1.)
+        if s > 0: x = x + float(sde_coefficients(path, torch.tensor(t, dtype=torch.float64))[1]) * (t - s) ** .5 * _randn(x, generator)
         if callback is not None: callback(dict(x=x, i=i, t=t))
     return x
 

@@ -13,6 +13,7 @@ from .core import check_tensor
 from .paths import GaussianPath, VP
 from .samplers import check_grid
 from .variational import DiscreteVP
+from .score import sde_coefficients
 
 # %% auto #0
 __all__ = ['GaussianNoise', 'PerSampleNoise', 'BrownianNoise', 'sample_ddim', 'sample_ddpm', 'sample_euler_ancestral',
@@ -164,9 +165,7 @@ def grid_from_timesteps(timesteps, num_train_timesteps: int, final_alpha_one: bo
 # %% ../nbs/51_stochastic.ipynb #7ebbd4ad
 def diffusion_coefficient(path: GaussianPath, t, scale: float = 1.) -> Tensor:
     "g^2(t) = scale * (2 sigma sigma' - 2 alpha'/alpha sigma^2), the diffusion that generates the path (Song et al. 2021; Kingma et al. 2021)."
-    t = torch.as_tensor(t, dtype=torch.float64)
-    a, s, da, ds = path.alpha(t), path.sigma(t), path.d_alpha(t), path.d_sigma(t)
-    return scale * (2 * s * ds - 2 * da / a * s ** 2)
+    return scale * sde_coefficients(path, torch.as_tensor(t, dtype=torch.float64))[1] ** 2
 
 @torch.no_grad()
 def sample_euler_maruyama(model, x: Tensor, ts, path: GaussianPath | None = None, extra_args: dict | None = None, callback=None,

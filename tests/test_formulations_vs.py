@@ -9,7 +9,8 @@ from diffkit.toy import OracleDenoiser, random_mixture
 from diffkit.stochastic import sample_ddim, sample_ddpm
 from diffkit.variational import (DiscreteVP, discrete_to_t, hybrid_loss, linear_betas,
                                  vlb_bpd, betas_from_path, discrete_grid)
-from diffkit.score import dsm_loss, edm_precond, sample_pc, sample_sde
+from diffkit.score import dsm_loss, edm_precond, sample_pc
+from diffkit.stochastic import sample_euler_maruyama
 
 N = 1000
 
@@ -95,8 +96,8 @@ def test_score_samplers_module_level():
     seen = []
     out = sample_pc(D, x1, discrete_grid(20), snr=0.1, callback=seen.append, generator=torch.Generator().manual_seed(0))
     assert out.shape == x1.shape and torch.isfinite(out).all() and [s['i'] for s in seen] == list(range(20))
-    a = sample_sde(D, x1, discrete_grid(20), generator=torch.Generator().manual_seed(5))
-    b = sample_sde(D, x1, discrete_grid(20), generator=torch.Generator().manual_seed(5))
+    a = sample_euler_maruyama(D, x1, discrete_grid(20), generator=torch.Generator().manual_seed(5))
+    b = sample_euler_maruyama(D, x1, discrete_grid(20), generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)                        # randomness only through the generator
     net = nn.Linear(2, 2).double()
     loss = dsm_loss(lambda x, t: net(x), VPLinear(), gm.sample(64), generator=torch.Generator().manual_seed(0))
