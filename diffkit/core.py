@@ -13,7 +13,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['seed_everything', 'get_device', 'cpu_has_bf16', 'autocast_dtype', 'append_dims', 'check_tensor', 'as_time',
-           'image_grid', 'show_images', 'scatter2d']
+           'check_grid', 'image_grid', 'show_images', 'scatter2d']
 
 # %% ../nbs/00_core.ipynb #c1ede8c5
 def seed_everything(seed: int = 0) -> torch.Generator:
@@ -73,6 +73,17 @@ def as_time(t, x: Tensor | None = None, name: str = 't') -> Tensor:
     if t.ndim == 0: return t.expand(x.shape[0])
     if t.shape[0] != x.shape[0]: raise ValueError(f"{name}: expected {x.shape[0]} times (one per sample), got {t.shape[0]}")
     return t
+
+# %% ../nbs/00_core.ipynb #76317ded
+def check_grid(ts, name: str = 'ts') -> Tensor:
+    "Validate a sampling grid: at least two times in [0, 1], strictly decreasing (noise to data)."
+    if not isinstance(ts, Tensor):
+        try: ts = torch.as_tensor(ts, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError): raise TypeError(f"{name}: expected a sequence of floats or a tensor, got {type(ts).__name__}") from None
+    if ts.ndim != 1 or len(ts) < 2: raise ValueError(f"{name}: expected a 1-D grid of at least two times, got shape {tuple(ts.shape)}")
+    if bool(ts.isnan().any() | (ts < 0).any() | (ts > 1).any()): raise ValueError(f"{name}: expected times in [0, 1], got [{ts.min().item():.4g}, {ts.max().item():.4g}]")
+    if not bool((ts[1:] < ts[:-1]).all()): raise ValueError(f"{name}: expected strictly decreasing times (from noise at 1 towards data at 0)")
+    return ts
 
 # %% ../nbs/00_core.ipynb #a712654b
 def image_grid(x: Tensor, nrow: int | None = None, pad: int = 1, value_range=(-1., 1.)) -> np.ndarray:

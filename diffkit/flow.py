@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import torch
 from torch import Tensor
-from .core import as_time, append_dims, check_tensor
+from .core import as_time, append_dims, check_grid, check_tensor
 from .paths import GaussianPath, convert
 from .objectives import sample_t
 
@@ -41,14 +41,6 @@ def fm_loss(net, velocity, x0: Tensor, x1: Tensor, t: Tensor, **cond) -> Tensor:
     return (net(xt, t, **cond) - velocity(xt, t)).pow(2).mean()
 
 # %% ../nbs/12_flow.ipynb #a5604668
-def _check_grid(ts) -> Tensor:
-    "A 1-D grid of at least two times in [0, 1], strictly decreasing (as `samplers.check_grid`, kept here so formulations do not import samplers)."
-    ts = torch.as_tensor(ts, dtype=torch.float64)
-    if ts.ndim != 1 or len(ts) < 2: raise ValueError(f"ts: expected a 1-D grid of at least two times, got shape {tuple(ts.shape)}")
-    if bool((ts < 0).any() | (ts > 1).any()): raise ValueError(f"ts: expected times in [0, 1], got [{ts.min().item():.4g}, {ts.max().item():.4g}]")
-    if not bool((ts[1:] < ts[:-1]).all()): raise ValueError("ts: expected strictly decreasing times (from noise at 1 towards data at 0)")
-    return ts
-
 def _velocity(model, x: Tensor, t: float, path: GaussianPath, extra_args: dict) -> Tensor:
     tb = x.new_full((x.shape[0],), t)
     return convert(model(x, tb, **extra_args), 'x0', 'velocity', x, tb, path)
@@ -57,7 +49,7 @@ def _velocity(model, x: Tensor, t: float, path: GaussianPath, extra_args: dict) 
 def trajectories(model, x1: Tensor, ts, path: GaussianPath | None = None, extra_args: dict | None = None) -> Tensor:
     "Euler trajectories of the probability-flow ODE from x1 along the grid `ts`, stacked as (len(ts), *x1.shape)."
     check_tensor(x1, 'x1', min_ndim=2)
-    ts, path, extra_args = _check_grid(ts).tolist(), path or model.path, extra_args or {}
+    ts, path, extra_args = check_grid(ts).tolist(), path or model.path, extra_args or {}
     xs = [x1]
     for t, t_next in zip(ts[:-1], ts[1:]): xs.append(xs[-1] + (t_next - t) * _velocity(model, xs[-1], t, path, extra_args))
     return torch.stack(xs)
@@ -66,7 +58,7 @@ def trajectories(model, x1: Tensor, ts, path: GaussianPath | None = None, extra_
 def straightness(model, x1: Tensor, ts, path: GaussianPath | None = None, extra_args: dict | None = None) -> float:
     "Straightness E int ||(Z_1 - Z_0) - dZ_t/dt||^2 dt of the model's ODE flow from x1 (Liu et al. 2022, straightness S(Z))."
     check_tensor(x1, 'x1', min_ndim=2)
-    ts, path, extra_args = _check_grid(ts).tolist(), path or model.path, extra_args or {}
+    ts, path, extra_args = check_grid(ts).tolist(), path or model.path, extra_args or {}
     x, vs, dts = x1, [], []
     for t, t_next in zip(ts[:-1], ts[1:]):
         vs.append(_velocity(model, x, t, path, extra_args)); dts.append(t - t_next)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 import torch
 from torch import nn, Tensor
-from .core import as_time, append_dims, check_tensor
+from .core import as_time, append_dims, check_grid, check_tensor
 from .paths import GaussianPath, Interpolant, convert, get_path
-from .flow import _check_grid
 
 # %% auto #0
 __all__ = ['one_sided', 'mirror', 'two_sided', 'velocity_loss', 'score_loss', 'sample_sde', 'sample_ode', 'PathChange']
@@ -65,7 +64,7 @@ def sample_sde(model, x: Tensor, ts, diffusion=0., path: GaussianPath | None = N
                generator: torch.Generator | None = None, callback=None) -> Tensor:
     "Euler-Maruyama on dX = [b - eps(t) s] dt + sqrt(2 eps(t)) dW backwards in t, any eps (Albergo, Boffi & Vanden-Eijnden 2023)."
     check_tensor(x, 'x', min_ndim=2)
-    ts, path, extra_args = _check_grid(ts).tolist(), path or model.path, extra_args or {}
+    ts, path, extra_args = check_grid(ts).tolist(), path or model.path, extra_args or {}
     eps_fn = diffusion if callable(diffusion) else (lambda t: diffusion)
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         tb, e, h = x.new_full((x.shape[0],), t), float(eps_fn(t)), t - t_next

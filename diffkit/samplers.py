@@ -10,25 +10,15 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
-from .core import check_tensor
+from .core import check_grid, check_tensor
 from .paths import GaussianPath
 
 # %% auto #0
-__all__ = ['GRIDS', 'check_grid', 'uniform_grid', 'sd3_shift', 'get_grid', 'sample_euler', 'sample_heun', 'dpmpp_coefs',
-           'sample_dpmpp_2m', 'sample_dpmpp_3m', 'unipc_coefs', 'sample_unipc', 'lms_coefs', 'sample_lms',
-           'sample_ipndm', 'sample_rf_solver', 'sample_adaptive', 'sample_flow_map']
+__all__ = ['GRIDS', 'uniform_grid', 'sd3_shift', 'get_grid', 'sample_euler', 'sample_heun', 'dpmpp_coefs', 'sample_dpmpp_2m',
+           'sample_dpmpp_3m', 'unipc_coefs', 'sample_unipc', 'lms_coefs', 'sample_lms', 'sample_ipndm',
+           'sample_rf_solver', 'sample_adaptive', 'sample_flow_map']
 
 # %% ../nbs/50_samplers.ipynb #99056f4f
-def check_grid(ts, name: str = 'ts') -> Tensor:
-    "Validate a sampling grid: at least two times in [0, 1], strictly decreasing (noise to data)."
-    if not isinstance(ts, Tensor):
-        try: ts = torch.as_tensor(ts, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError): raise TypeError(f"{name}: expected a sequence of floats or a tensor, got {type(ts).__name__}") from None
-    if ts.ndim != 1 or len(ts) < 2: raise ValueError(f"{name}: expected a 1-D grid of at least two times, got shape {tuple(ts.shape)}")
-    if bool(ts.isnan().any() | (ts < 0).any() | (ts > 1).any()): raise ValueError(f"{name}: expected times in [0, 1], got [{ts.min().item():.4g}, {ts.max().item():.4g}]")
-    if not bool((ts[1:] < ts[:-1]).all()): raise ValueError(f"{name}: expected strictly decreasing times (from noise at 1 towards data at 0)")
-    return ts
-
 def uniform_grid(steps: int, t_max: float = 1., t_min: float = 0.) -> Tensor:
     "`steps` + 1 evenly spaced times from t_max down to t_min."
     if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps: expected a positive int, got {steps!r}")

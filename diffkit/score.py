@@ -12,7 +12,7 @@ from torch import Tensor
 from .core import append_dims, as_time, check_tensor
 from .paths import GaussianPath, VPLinear, convert
 from .objectives import regression_loss
-from .samplers import check_grid
+from .core import check_grid
 
 # %% auto #0
 __all__ = ['ism_loss', 'dsm_loss', 'SubVP', 'sde_coefficients', 'reverse_drift', 'sample_pc', 'edm_precond']

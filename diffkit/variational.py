@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from .core import append_dims, as_time, check_tensor
 from .paths import GaussianPath, VP, convert, get_path
-from .samplers import check_grid
+from .core import check_grid
 
 # %% auto #0
 __all__ = ['discrete_to_t', 't_to_discrete', 'linear_betas', 'cosine_betas', 'betas_from_path', 'rescale_zero_terminal_snr',
