@@ -50,6 +50,7 @@ def main(steps: int = 30, batch_size: int = 256, width: int = 64, seed: int = 0,
             if rank == 0:
                 with open(out, 'w') as f: json.dump(dict(losses=losses, world=world, backend=res['backend'],
                                                         checksums=[r['checksum'] for r in allres]), f)
+        if distributed: dist.barrier()                           # every rank done with gloo before teardown
         return res
     finally:
         if distributed: dist.destroy_process_group()
