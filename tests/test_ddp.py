@@ -38,7 +38,7 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path):
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         if p.returncode != 0 and 'terminate called without an active exception' in p.stderr:
             # a rare abort inside gloo's C++ teardown (seen once in ~10 runs on 2 cores): run the launch once more
-            p = subprocess.run(cmd[:9] + [str(_free_port())] + cmd[10:], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+            p = subprocess.run(cmd[:10] + [str(_free_port())] + cmd[11:], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     torchrun('--out', str(out))
     ddp = json.loads(out.read_text())
