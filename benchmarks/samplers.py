@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffkit.denoiser import Denoiser  # noqa: E402
 from diffkit.models.layers import TimeEmbedding  # noqa: E402
 from diffkit.models.mlp import TimeMLP  # noqa: E402
-from diffkit.paths import GaussianPath, VPLinear  # noqa: E402
+from diffkit.paths import EDM, VPLinear  # noqa: E402
 from diffkit.samplers import (get_grid, sample_adaptive, sample_dpmpp_2m, sample_dpmpp_3m, sample_euler, sample_ipndm,  # noqa: E402
                               sample_lms, sample_unipc)
 from diffkit.toy import random_mixture  # noqa: E402
@@ -44,14 +44,9 @@ class TinyConvStandIn(nn.Module):
         return self.out(self.mid(self.inp(x) + self.temb(t)[:, :, None, None]))
 
 
-class SigmaLinear(GaussianPath):
-    "VE view of a discrete VP schedule with sigma linear in t (alpha = 1, sigma = S t): our samplers on diffusers' grids."
-    def __init__(self, S: float): self.S = S
-    def alpha(self, t): return torch.ones_like(t)
-    def sigma(self, t): return self.S * t
-    def d_alpha(self, t): return torch.zeros_like(t)
-    def d_sigma(self, t): return torch.full_like(t, self.S)
-    def t_from_log_snr(self, lam): return torch.exp(-lam / 2) / self.S
+class SigmaLinear(EDM):
+    "The VE view of a discrete VP schedule with sigma linear in t (alpha = 1, sigma = S t): EDM's map with rho = 1, sigma_min = 0."
+    def __init__(self, S: float): super().__init__(sigma_min=0., sigma_max=S, rho=1.); self.S = S
 
 
 def timed(fn, reps):

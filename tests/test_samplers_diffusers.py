@@ -14,7 +14,7 @@ Linear path itself, t = sigma.
 import numpy as np
 import pytest
 import torch
-from diffkit.paths import GaussianPath
+from diffkit.paths import EDM
 from diffkit.samplers import sample_dpmpp_2m, sample_euler, sample_heun, sample_unipc, sd3_shift
 from diffkit.toy import random_mixture
 
@@ -28,14 +28,9 @@ GM = random_mixture(k=3, dim=2, scale=1.5, seed=4)
 SD = dict(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
 
 
-class SigmaLinear(GaussianPath):
-    "VE view with sigma linear in t: alpha = 1, sigma = S t (t = sigma / S)."
-    def __init__(self, S: float): self.S = S
-    def alpha(self, t): return torch.ones_like(t)
-    def sigma(self, t): return self.S * t
-    def d_alpha(self, t): return torch.zeros_like(t)
-    def d_sigma(self, t): return torch.full_like(t, self.S)
-    def t_from_log_snr(self, lam): return torch.exp(-lam / 2) / self.S
+class SigmaLinear(EDM):
+    "The VE view of a discrete VP schedule with sigma linear in t (alpha = 1, sigma = S t): EDM's map with rho = 1, sigma_min = 0."
+    def __init__(self, S: float): super().__init__(sigma_min=0., sigma_max=S, rho=1.); self.S = S
 
 
 def make_eps_unet(sched, S):
