@@ -119,13 +119,18 @@ def elbo_weights(sched: DiscreteVP) -> Tensor:
     snr = ab / (1 - ab)
     return torch.cat([torch.zeros(1, dtype=ab.dtype), 0.5 * (snr[:-1] / snr[1:] - 1)])
 
-def ddpm_loss(net, sched: DiscreteVP, x0: Tensor, k: Tensor | None = None, eps: Tensor | None = None,
-              generator: torch.Generator | None = None, **cond) -> Tensor:
-    "Ho et al.'s simple loss |eps - net(x_k, t_k)|^2 at uniform steps k (Ho et al. 2020, Alg. 1); net sees t_k = (k+1)/N."
+def _noised(sched: DiscreteVP, x0: Tensor, k, eps, generator):
+    "Uniform steps k (unless given), their times t_k and x_{t_k}: the draw both DDPM losses start from."
     check_tensor(x0, 'x0', min_ndim=2)
     if k is None: k = torch.randint(0, sched.N, (x0.shape[0],), generator=generator)
     t = discrete_to_t(k, sched.N).to(x0.device, x0.dtype)
     xt, eps = sched.sample(x0, t, eps, generator)
+    return k, t, xt, eps
+
+def ddpm_loss(net, sched: DiscreteVP, x0: Tensor, k: Tensor | None = None, eps: Tensor | None = None,
+              generator: torch.Generator | None = None, **cond) -> Tensor:
+    "Ho et al.'s simple loss |eps - net(x_k, t_k)|^2 at uniform steps k (Ho et al. 2020, Alg. 1); net sees t_k = (k+1)/N."
+    k, t, xt, eps = _noised(sched, x0, k, eps, generator)
     return (net(xt, t, **cond) - eps).pow(2).mean()
 
 # %% ../nbs/10_variational.ipynb #0524a2ee
@@ -180,10 +185,7 @@ def interp_log_variance(v: Tensor, sched: DiscreteVP, k) -> Tensor:
 def hybrid_loss(net, sched: DiscreteVP, x0: Tensor, lam: float = 1e-3, k: Tensor | None = None, eps: Tensor | None = None,
                 generator: torch.Generator | None = None, **cond) -> Tensor:
     "L_simple + lam * L_vlb with learned interpolated variances (Nichol & Dhariwal 2021, sec. 3.1); net returns (eps_hat, v) on dim 1."
-    check_tensor(x0, 'x0', min_ndim=2)
-    if k is None: k = torch.randint(0, sched.N, (x0.shape[0],), generator=generator)
-    t = discrete_to_t(k, sched.N).to(x0.device, x0.dtype)
-    xt, eps = sched.sample(x0, t, eps, generator)
+    k, t, xt, eps = _noised(sched, x0, k, eps, generator)
     out = net(xt, t, **cond)
     if out.shape[1] != 2 * x0.shape[1]: raise ValueError(f"net output: expected {2 * x0.shape[1]} channels (eps, v), got shape {tuple(out.shape)}")
     eps_hat, v = out.chunk(2, dim=1)
