@@ -13,7 +13,8 @@ from .core import as_time, append_dims, check_grid, check_tensor
 from .paths import GaussianPath, Interpolant, convert, get_path
 
 # %% auto #0
-__all__ = ['one_sided', 'mirror', 'two_sided', 'velocity_loss', 'score_loss', 'sample_sde', 'sample_ode', 'PathChange']
+__all__ = ['one_sided', 'mirror', 'two_sided', 'velocity_loss', 'score_loss', 'em_coefs', 'sample_sde', 'sample_ode',
+           'PathChange']
 
 # %% ../nbs/13_interpolants.ipynb #a82c185c
 def one_sided(path: GaussianPath | str) -> Interpolant:
@@ -58,6 +59,14 @@ def score_loss(net, interp: Interpolant, x0: Tensor, x1: Tensor, t: Tensor | Non
     noise, coef = (z, interp.gamma) if latent == 'z' else (x1, interp.beta)
     return (0.5 * s.pow(2) + noise * s / append_dims(coef(t), x0.ndim)).flatten(1).sum(1).mean()
 
+# %% ../nbs/13_interpolants.ipynb #c08cfa0d
+def em_coefs(path: GaussianPath, t: float, t_next: float, eps: float) -> tuple:
+    "(c_x, c_D, std) of one Euler-Maruyama step x_next = c_x x + c_D D + std z of the backward SDE with diffusion eps (Albergo et al. 2023)."
+    a, s, da, ds = (float(f(torch.tensor(t, dtype=torch.float64))) for f in (path.alpha, path.sigma, path.d_alpha, path.d_sigma))
+    dt = t_next - t
+    ce = dt * (ds + eps / s)                                  # coefficient of eps_hat in dt * (b - eps * s)
+    return 1 + ce / s, dt * da - ce * a / s, math.sqrt(2 * eps * abs(dt))
+
 # %% ../nbs/13_interpolants.ipynb #d9d4adff
 @torch.no_grad()
 def sample_sde(model, x: Tensor, ts, diffusion=0., path: GaussianPath | None = None, extra_args: dict | None = None,
@@ -67,12 +76,12 @@ def sample_sde(model, x: Tensor, ts, diffusion=0., path: GaussianPath | None = N
     ts, path, extra_args = check_grid(ts).tolist(), path or model.path, extra_args or {}
     eps_fn = diffusion if callable(diffusion) else (lambda t: diffusion)
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
-        tb, e, h = x.new_full((x.shape[0],), t), float(eps_fn(t)), t - t_next
+        e = float(eps_fn(t))
         if e < 0: raise ValueError(f"diffusion: expected eps(t) >= 0, got {e} at t = {t}")
-        denoised = model(x, tb, **extra_args)
-        b, s = (convert(denoised, 'x0', k, x, tb, path) for k in ('velocity', 'score'))
-        x = x - h * (b - e * s)
-        if e > 0: x = x + math.sqrt(2 * e * h) * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        cx, cd, std = em_coefs(path, t, t_next, e)
+        denoised = model(x, x.new_full((x.shape[0],), t), **extra_args)
+        x = cx * x + cd * denoised
+        if std > 0: x = x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         if callback is not None: callback(dict(x=x, i=i, t=t, denoised=denoised))
     return x
 

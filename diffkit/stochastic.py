@@ -14,6 +14,7 @@ from .paths import GaussianPath, VP
 from .samplers import check_grid
 from .variational import DiscreteVP
 from .score import sde_coefficients
+from .interpolants import em_coefs
 
 # %% auto #0
 __all__ = ['GaussianNoise', 'PerSampleNoise', 'BrownianNoise', 'sample_ddim', 'sample_ddpm', 'sample_euler_ancestral',
@@ -171,7 +172,7 @@ def diffusion_coefficient(path: GaussianPath, t, scale: float = 1.) -> Tensor:
 def sample_euler_maruyama(model, x: Tensor, ts, path: GaussianPath | None = None, extra_args: dict | None = None, callback=None,
                           disable=None, diffusion=1., noise_sampler=None, generator: torch.Generator | None = None) -> Tensor:
     "Euler-Maruyama on the reverse SDE dx = [u - g^2/2 score] dt + g dW with any g^2 (Song et al. 2021, eq. 6; Anderson 1982)."
-    ts, path, extra_args, a, s = _setup(model, x, ts, path, extra_args)
+    ts, path, extra_args, _, _ = _setup(model, x, ts, path, extra_args)
     t64 = torch.tensor(ts[:-1], dtype=torch.float64)
     if callable(diffusion): g2 = torch.as_tensor(diffusion(t64), dtype=torch.float64).expand(len(t64)).tolist()
     elif isinstance(diffusion, (int, float)) and diffusion >= 0:
@@ -179,17 +180,14 @@ def sample_euler_maruyama(model, x: Tensor, ts, path: GaussianPath | None = None
     else: raise ValueError(f"diffusion: expected a non-negative float or a function t -> g^2(t), got {diffusion!r}")
     for t, v in zip(ts, g2):
         if not (math.isfinite(v) and v >= 0): raise ValueError(f"diffusion: g^2 at t = {t:.4g} is {v}; expected a finite value >= 0 (on paths with alpha(1) = 0, start the grid below t = 1)")
-    da, ds = path.d_alpha(t64).tolist(), path.d_sigma(t64).tolist()
+    coefs = [em_coefs(path, ts[i], ts[i + 1], g2[i] / 2) for i in range(len(g2))]   # eps = g^2 / 2, in closed form
     noise = _noise(noise_sampler, x, generator) if any(v > 0 for v in g2[:-1]) else None
     n = len(ts) - 1
-    for i in range(n):
-        dt = ts[i + 1] - ts[i]
-        ce = dt * (ds[i] + g2[i] / (2 * s[i]))                  # coefficient of eps_hat
-        cx, cd = 1 + ce / s[i], dt * da[i] - ce * a[i] / s[i]   # x_next = cx x + cd D (+ noise)
+    for i, (cx, cd, std) in enumerate(coefs):
         tb = x.new_full((x.shape[0],), ts[i])
         denoised = model(x, tb, **extra_args)
-        x = cx * x + cd * denoised
-        if i < n - 1 and g2[i] > 0: x = x + math.sqrt(g2[i] * -dt) * noise(ts[i], ts[i + 1])
+        x = cx * x + cd * denoised                              # x_next = cx x + cd D (+ noise)
+        if i < n - 1 and std > 0: x = x + std * noise(ts[i], ts[i + 1])
         if callback is not None: callback(dict(x=x, i=i, t=ts[i], t_next=ts[i + 1], denoised=denoised))
     return x
 
