@@ -114,3 +114,33 @@ def test_api_page(chromium, server, site, tmp_path):
     assert_typeset(dom, page)
     assert 'id="gaussianpath"' in dom and "GaussianPath" in text
     assert re.search(r"def convert\(", text), "no show_doc signature of convert on the paths page"
+
+
+def screenshot(chromium, server, page: str, tmp_path, size=(1280, 1000)):
+    "A headless-Chromium screenshot of `page` as an (H, W, 3) uint8 array; the PNG stays in tmp_path for a human to look at."
+    base, _ = server
+    png = tmp_path / f"{page.replace('/', '_')}.png"
+    r = subprocess.run([chromium, *FLAGS, "--hide-scrollbars", f"--window-size={size[0]},{size[1]}", f"--user-data-dir={tmp_path / 'profile'}",
+                        f"--screenshot={png}", base + page], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and png.exists(), f"chromium could not take a screenshot of {page}:\n{r.stderr[-3000:]}"
+    import numpy as np
+    from PIL import Image
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def assert_layout(img, page: str):
+    "The page looks like a docs page: a blue navbar, ink (text) in the sidebar, the main column and the table of contents."
+    h, w, _ = img.shape
+    ink = lambda y0, y1, x0, x1: float((img[y0:y1, x0:x1].astype(int).sum(-1) < 3 * 140).mean())   # share of dark pixels
+    bar = img[5:40, 100:900].reshape(-1, 3).mean(0)
+    assert bar[2] > bar[0] + 60 and bar[2] > 150, f"{page}: no blue navbar at the top (mean colour {bar.round()})"
+    assert float((img[60:].min(-1) > 235).mean()) > 0.6, f"{page}: the body is not mostly white background"
+    for name, box in {"sidebar": (60, h, 0, 270), "main column": (60, h, 320, 970), "table of contents": (60, 300, 1010, w)}.items():
+        share = ink(*box)
+        assert 0.005 < share < 0.5, f"{page}: the {name} has {share:.1%} dark pixels; expected text there"
+
+
+def test_screenshots(chromium, server, site, tmp_path):
+    "Home page and the paths notebook page, rendered at 1280x1000, have the docs layout with text in every column."
+    for page in ("index.html", api_page(site)):
+        assert_layout(screenshot(chromium, server, page, tmp_path), page)
