@@ -18,14 +18,13 @@ full-resolution sampling of one model.
     python benchmarks/cascade.py --quick                                                  # smoke run (~2 min)
 Ends with one line: RESULT cost_ratio=... fd_cascade=... fd_single=... fd_aug_on=... fd_aug_off=... ...
 """
-import argparse, json, statistics, time
+import argparse, statistics, time
 from pathlib import Path
 import torch
-from diffkit.cascade import (BridgeDenoiser, BridgePath, Cascade, Stage, bridge_loss, build_stage_model, downsample,
-                             load_stage_models, psnr, sample_frecas, save_stage_models, sr_loss, upsample)
+from diffkit.cascade import (BridgePath, Cascade, Stage, bridge_loss, build_stage_model, downsample,
+                             psnr, sample_frecas, save_stage_models, sr_loss, upsample)
 from diffkit.checkpoint import load_checkpoint, save_checkpoint
 from diffkit.classifier import digits_quality, digits_split
-from diffkit.denoiser import Denoiser
 from diffkit.models.layers import count_params_flops
 from diffkit.objectives import drop_labels, regression_loss
 from diffkit.paths import Linear

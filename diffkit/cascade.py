@@ -278,7 +278,7 @@ def save_stage_models(prefix, models: dict, specs: dict, info: dict | None = Non
     state = {k: {n: v.detach().to(dtype) if v.is_floating_point() else v for n, v in m.state_dict().items()} for k, m in models.items()}
     return save_checkpoint(prefix, state, dict(specs=specs, info=info or {}))
 
-def load_stage_models(prefix='digits_cascade') -> tuple[dict, dict]:
+def load_stage_models(prefix) -> tuple[dict, dict]:
     "Stage models (float32, eval mode) and the record saved by `save_stage_models`; a bare name is looked up in the package's assets."
     p = Path(str(prefix))
     if p.parent == Path('.') and not p.with_name(p.name + '.json').exists(): p = Path(str(resources.files('diffkit') / 'assets' / p.name))
