@@ -208,7 +208,7 @@ def main():
     for k, rows in Q.items():
         (fd, fsd), (kd, ksd), (ac, _) = mean_sd(rows, 'fd'), mean_sd(rows, 'kid'), mean_sd(rows, 'acc')
         print(f"{k:32}{fd:8.2f} +- {fsd:4.2f}{1e3 * kd:9.2f} +- {1e3 * ksd:4.2f}{100 * ac:9.1f}%")
-    print(f"{'floor':32}{floor[0]['fd_floor']:8.2f}{'':8}{1e3 * floor[0]['kid_floor']:9.2f}{'':8}{100 * floor[0]['acc_floor']:9.1f}%")
+    print(f"{'floor':32}{floor['fd_floor']:8.2f}{'':8}{1e3 * floor['kid_floor']:9.2f}{'':8}{100 * floor['acc_floor']:9.1f}%")
     print(f"\nsampling cost per image: cascade {cost_c / 1e6:.0f} MFLOP (20 NFE x {f_base / 1e6:.1f} at 8x8 + {a.sr_sample_steps} NFE x {f_sr / 1e6:.1f} at 16x16), "
           f"single {cost_s / 1e6:.0f} MFLOP (20 NFE x {f_single / 1e6:.1f}): ratio {cost_c / cost_s:.3f}; wall (batch {n}, median of 3, interleaved, "
           f"1 thread, other agents loading the CPU): cascade {statistics.median(tw['cascade']):.2f} s, single {statistics.median(tw['single']):.2f} s, ratio {wall_ratio:.3f}")
@@ -235,7 +235,7 @@ def main():
     print(f"RESULT cost_ratio={cost_c / cost_s:.3f} wall_ratio={wall_ratio:.3f} fd_cascade={fd['cascade (aug on)']:.3f} "
           f"fd_single_same_flops={fd['single (same training FLOPs)']:.3f} fd_single_zoo={fd['single (zoo, 2.6x training)']:.3f} "
           f"fd_aug_on={fd['cascade (aug on)']:.3f} fd_aug_off={fd['cascade (aug off)']:.3f} kid_aug_on={kidm['cascade (aug on)']:.5f} "
-          f"kid_aug_off={kidm['cascade (aug off)']:.5f} fd_floor={floor[0]['fd_floor']:.3f} aug_level={s_star:g} "
+          f"kid_aug_off={kidm['cascade (aug off)']:.5f} fd_floor={floor['fd_floor']:.3f} aug_level={s_star:g} "
           f"psnr_noise_nfe2={fid['noise SR (aug on, s=0) NFE 2']:.2f} psnr_bridge_nfe2={fid['bridge SR (s=0) NFE 2']:.2f} "
           f"frecas_cost={fre_cost:.3f} fd_frecas={mean_sd(fre['FreCaS exact'], 'fd')[0]:.3f} fd_frecas_full={mean_sd(fre['full 20 steps'], 'fd')[0]:.3f} "
           f"cascade_train_cpu_min={cas_cpu / 60:.1f}")
