@@ -21,10 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffkit.accel.cache import (AdaptiveCache, CachedDenoiser, DeepCache, DeltaDiT, FORA, GatedTaylorSeer,  # noqa: E402
-                                 TaylorSeer, _Hook, nonuniform_steps)
-from diffkit.accel.cache_search import search_schedule  # noqa: E402
+                                 TaylorSeer, nonuniform_steps, skip_share)
+from diffkit.accel.cache_search import dp_schedule, search_schedule  # noqa: E402
 from diffkit.classifier import digits_quality, load_digits_classifier  # noqa: E402
-from diffkit.models.layers import count_params_flops  # noqa: E402
 from diffkit import samplers as S  # noqa: E402
 from diffkit.zoo import load_zoo  # noqa: E402
 
@@ -35,36 +34,35 @@ def configs(kind, D, steps, sampler, quick):
     rows = [('uncached', None, steps)] + [(f'{s} steps', None, s) for s in fewer]
     g = torch.Generator().manual_seed(123)
     xc, yc = torch.randn(16, 1, 16, 16, generator=g), torch.arange(16) % 10
-    search = lambda pol, K: search_schedule(D, pol, sampler, xc, S.uniform_grid(steps), K, extra_args=dict(y=yc))
     K = -(-steps // 3)                                            # the budget of interval 3
+    info = {}
+    if not quick:                                                 # one search: the reuse costs serve every budget and both FORA and TaylorSeer
+        search_schedule(D, DeepCache() if kind == 'unet' else FORA(), sampler, xc, S.uniform_grid(steps), K, extra_args=dict(y=yc), info=info)
+    dp = lambda k: dp_schedule(info['costs'], k)
     if kind == 'unet':
         pols = [(f'DeepCache N={N}', DeepCache(interval=N)) for N in ((2, 3) if quick else (2, 3, 4))]
         pols += [] if quick else [(f'DeepCache non-uniform {K}/{steps}', DeepCache(steps=nonuniform_steps(steps, K))),
-                                  (f'DeepCache DP {K}/{steps}', search(DeepCache(), K)),
+                                  *[(f'DeepCache DP {k}/{steps}', DeepCache(steps=dp(k))) for k in (K, K + 1, K + 2)],
                                   ('TaylorSeer N=3', TaylorSeer(interval=3)),
-                                  ('adaptive 0.15', AdaptiveCache(threshold=0.15)),
-                                  ('gated TaylorSeer 0.05', GatedTaylorSeer(threshold=0.05))]
+                                  ('adaptive 0.3', AdaptiveCache(threshold=0.3)),
+                                  ('adaptive+Taylor 0.3', AdaptiveCache(threshold=0.3, order=1)),
+                                  ('gated TaylorSeer 0.2', GatedTaylorSeer(threshold=0.2))]
     else:
         Ns = (2, 3) if quick else (2, 3, 4)
         pols = [(f'FORA N={N}', FORA(interval=N)) for N in Ns] + [(f'TaylorSeer N={N}', TaylorSeer(interval=N)) for N in Ns]
         pols += [] if quick else [('TaylorSeer o2 N=3', TaylorSeer(order=2, interval=3)),
-                                  (f'FORA DP {K}/{steps}', search(FORA(), K)),
-                                  (f'TaylorSeer DP {K}/{steps}', search(TaylorSeer(), K)),
-                                  ('Delta-DiT N=2', DeltaDiT(interval=2)),
-                                  ('adaptive 0.15', AdaptiveCache(threshold=0.15)),
-                                  ('gated TaylorSeer 0.05', GatedTaylorSeer(threshold=0.05))]
+                                  (f'FORA DP {K}/{steps}', FORA(steps=dp(K))),
+                                  (f'TaylorSeer DP {K}/{steps}', TaylorSeer(steps=dp(K))),
+                                  ('Delta-DiT N=2', DeltaDiT(interval=2)), ('Delta-DiT N=3', DeltaDiT(interval=3)),
+                                  ('adaptive 0.05', AdaptiveCache(threshold=0.05)),
+                                  ('adaptive+Taylor 0.05', AdaptiveCache(threshold=0.05, order=1)),
+                                  ('gated TaylorSeer 0.03', GatedTaylorSeer(threshold=0.03))]
     return rows + [(name, CachedDenoiser(D, pol), steps) for name, pol in pols]
 
 
 def shallow_share(D, policy, b=8):
     "FLOPs of a call that skips the policy's span / FLOPs of a full call."
-    x, t, y = torch.randn(b, 1, 16, 16), torch.full((b,), 0.5), torch.arange(b) % 10
-    C = CachedDenoiser(D, policy)
-    with torch.no_grad():
-        _, full = count_params_flops(D.net, x, t, y, verbose=False)
-        C(x, t, y=y)
-        _, part = count_params_flops(D.net, x, t, y, cache=_Hook(C, 1, 0.4), verbose=False)
-    return part / full
+    return skip_share(D, policy, torch.randn(b, 1, 16, 16), 0.5, y=torch.arange(b) % 10)[0]
 
 
 def interp(xs, ys, x):

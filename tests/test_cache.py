@@ -1,12 +1,11 @@
 "Caching wrappers (diffkit.accel.cache, cache_search): identical outputs when every call computes, per-run state, CFG, training, errors."
-import dataclasses
 import pytest
 import torch
 from torch import nn
 
-from diffkit.accel.cache import (AdaptiveCache, CachedDenoiser, CachePolicy, DeepCache, DeltaDiT, FORA, GatedTaylorSeer,
+from diffkit.accel.cache import (AdaptiveCache, CachedDenoiser, DeepCache, DeltaDiT, FORA, GatedTaylorSeer,
                                  TaylorSeer, nonuniform_steps)
-from diffkit.accel.cache_search import dp_schedule, search_schedule
+from diffkit.accel.cache_search import dp_schedule, local_segments, search_schedule
 from diffkit.denoiser import Denoiser
 from diffkit.guidance import CFG
 from diffkit.models.dit import DiT
@@ -221,9 +220,11 @@ def test_search(unet, dit):
             dp = search_schedule(D, pol, S.sample_dpmpp_2m, X, ts, 3, extra_args=dict(y=Y), info=di)
             assert type(dp) is type(pol) and len(greedy.steps) == len(dp.steps) == 3 and greedy.steps[0] == dp.steps[0] == 0
             assert len(gi['trace']) == 4 and abs(gi['trace'][-1] - err(greedy)) <= 1e-6 * max(1., err(greedy))
-            E = di['errors']
-            cost = lambda s: sum(E[a, k].item() for a, b in zip(s, list(s[1:]) + [7]) for k in range(a + 1, b))
-            assert cost(dp.steps) <= cost((0, 3, 5)) + 1e-15       # the DP is optimal for its own additive cost
+            C = di['costs']
+            cost = lambda s: sum(C[a, b].item() for a, b in zip(s, list(s[1:]) + [7]))
+            assert cost(dp.steps) <= cost((0, 3, 5)) + 1e-15       # the DP is optimal for its own segment costs
+            local = search_schedule(D, pol, S.sample_dpmpp_2m, X, ts, 3, extra_args=dict(y=Y), method='dp_local')
+            assert len(local.steps) == 3
 
 
 def test_dp_matches_brute_force():
@@ -235,4 +236,4 @@ def test_dp_matches_brute_force():
         def cost(s):
             return sum(R[a, k].item() for a, b in zip(s, list(s[1:]) + [n]) for k in range(a + 1, b))
         best = min(((0,) + c for c in combinations(range(1, n), K - 1)), key=cost)
-        assert abs(cost(dp_schedule(R, K)) - cost(best)) < 1e-9
+        assert abs(cost(dp_schedule(local_segments(R), K)) - cost(best)) < 1e-9

@@ -8,13 +8,16 @@ Docs: https://diffkit.github.io/diffkit/accel.cache.html.md"""
 from __future__ import annotations
 import inspect
 from dataclasses import dataclass
+import time
 import torch
 from torch import nn, Tensor
 from ..core import as_time, check_tensor
+from ..models.layers import count_params_flops
 
 # %% auto #0
 __all__ = ['Track', 'taylor_update', 'taylor_forecast', 'rel_l1', 'CachePolicy', 'DeepCache', 'nonuniform_steps', 'FORA',
-           'DeltaDiT', 'TaylorSeer', 'GatedTaylorSeer', 'AdaptiveCache', 'find_backbone', 'CachedDenoiser']
+           'DeltaDiT', 'TaylorSeer', 'GatedTaylorSeer', 'AdaptiveCache', 'find_backbone', 'CachedDenoiser',
+           'RecordHook', 'FixedHook', 'skip_share']
 
 # %% ../../nbs/70_accel.cache.ipynb #eab0b595
 class Track:
@@ -247,3 +250,38 @@ class CachedDenoiser:
         "Fraction of the calls of the current (or last) run that computed the cached span."
         return sum(self.computed) / max(1, len(self.computed))
     def __repr__(self): return f'CachedDenoiser({self.policy!r})'
+
+# %% ../../nbs/70_accel.cache.ipynb #94e36e51
+class RecordHook:
+    "Cache hook that computes the span and records its features (`.f`) and its span (`.ab` = (units, a, b))."
+    def __init__(self, policy: CachePolicy, i: int = 0, t: float = 1.): self.policy, self.i, self.t, self.ab, self.f = policy, i, t, None, None
+    def span(self, n: int) -> tuple[int, int]:
+        self.ab = (n, *self.policy.span(n, self.i, self.t))
+        return self.ab[1:]
+    def __call__(self, h: Tensor, compute, residual: bool = False) -> Tensor:
+        out = compute(h)
+        self.f = ((out - h) if residual else out).detach()
+        return out
+
+class FixedHook:
+    "Cache hook that puts the features f (recorded on span ab) in place of the span."
+    def __init__(self, ab: tuple, f: Tensor): self.ab, self.f = ab, f
+    def span(self, n: int) -> tuple[int, int]:
+        if n != self.ab[0]: raise ValueError(f"the backbone has {n} units, the features were recorded on {self.ab[0]}")
+        return self.ab[1:]
+    def __call__(self, h: Tensor, compute, residual: bool = False) -> Tensor: return h + self.f if residual else self.f
+
+@torch.no_grad()
+def skip_share(model, policy: CachePolicy, x: Tensor, t, reps: int = 0, **cond) -> tuple:
+    "(FLOPs, time or None) of a call that skips the policy's span, as shares of a full call (the shallow share of DeepCache, Ma et al. 2024)."
+    t = as_time(t, x)
+    rec = RecordHook(policy, 1, float(t.max()))
+    model(x, t, cache=rec, **cond)
+    _, full = count_params_flops(model, x, t, verbose=False, **cond)
+    _, part = count_params_flops(model, x, t, verbose=False, cache=FixedHook(rec.ab, rec.f), **cond)
+    if not reps: return part / full, None
+    tf, tp = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter(); model(x, t, **cond); tf.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); model(x, t, cache=FixedHook(rec.ab, rec.f), **cond); tp.append(time.perf_counter() - t0)
+    return part / full, sorted(tp)[reps // 2] / sorted(tf)[reps // 2]

@@ -11,40 +11,36 @@ import torch
 from torch import Tensor
 from ..core import as_time, check_grid, check_tensor
 from ..paths import GaussianPath
-from .cache import CachePolicy, CachedDenoiser
+from .cache import CachePolicy, CachedDenoiser, RecordHook, FixedHook
 
 # %% auto #0
-__all__ = ['step_weights', 'reuse_errors', 'dp_schedule', 'search_schedule']
+__all__ = ['step_weights', 'local_errors', 'local_segments', 'propagated_segments', 'dp_schedule', 'search_schedule']
 
 # %% ../../nbs/71_accel.cache_search.ipynb #fec038fa
-class _RecordHook:
-    "Hook that computes the span and records its features."
-    def __init__(self, policy: CachePolicy, i: int, t: float): self.policy, self.i, self.t, self.ab, self.f = policy, i, t, None, None
-    def span(self, n):
-        self.ab = (n, *self.policy.span(n, self.i, self.t))
-        return self.ab[1:]
-    def __call__(self, h, compute, residual=False):
-        out = compute(h)
-        self.f = ((out - h) if residual else out).detach()
-        return out
-
-class _FixedHook:
-    "Hook that puts the features f in place of the span."
-    def __init__(self, ab: tuple, f: Tensor): self.ab, self.f = ab, f
-    def span(self, n):
-        if n != self.ab[0]: raise ValueError(f"the backbone has {n} units, the features were recorded on {self.ab[0]}")
-        return self.ab[1:]
-    def __call__(self, h, compute, residual=False): return h + self.f if residual else self.f
-
 class _Recorder:
     "A denoiser that computes every call and records (x, t, cond, output, span, features) per call."
     def __init__(self, model, policy: CachePolicy): self.model, self.policy, self.path, self.calls = model, policy, getattr(model, 'path', None), []
     def __call__(self, x, t, **cond):
         t = as_time(t, x)
-        hook = _RecordHook(self.policy, len(self.calls), float(t.max()))
+        hook = RecordHook(self.policy, len(self.calls), float(t.max()))
         out = self.model(x, t, cache=hook, **cond)
         self.calls.append(dict(x=x, t=t, tf=hook.t, cond=cond, out=out, ab=hook.ab, f=hook.f))
         return out
+
+class _Replay:
+    "A denoiser that replays the recorded outputs before call k, returns out_k at call k and computes after it."
+    def __init__(self, model, calls: list, k: int, out_k: Tensor):
+        self.model, self.calls, self.k, self.out_k, self.j, self.path = model, calls, k, out_k, 0, getattr(model, 'path', None)
+    def __call__(self, x, t, **cond):
+        j, self.j = self.j, self.j + 1
+        if j < self.k: return self.calls[j]['out']
+        return self.out_k if j == self.k else self.model(x, t, **cond)
+
+def _cached_output(model, calls: list, i: int, k: int):
+    "Output of call k given the features of call i (None where the spans or batches differ)."
+    ci, ck = calls[i], calls[k]
+    if ci['ab'] != ck['ab'] or ci['f'].shape[0] != ck['x'].shape[0]: return None
+    return model(ck['x'], ck['t'], cache=FixedHook(ci['ab'], ci['f']), **ck['cond'])
 
 # %% ../../nbs/71_accel.cache_search.ipynb #833e8572
 def step_weights(path: GaussianPath | None, t_calls: list, ts) -> list:
@@ -60,37 +56,55 @@ def step_weights(path: GaussianPath | None, t_calls: list, ts) -> list:
     return out
 
 @torch.no_grad()
-def reuse_errors(model, calls: list, weights: list | None = None, max_gap: int | None = None) -> Tensor:
-    "(n, n) matrix e[i, k], i < k: weighted mean squared change of call k's output when it gets call i's features (inf where not allowed)."
+def local_errors(model, calls: list, weights: list | None = None, max_gap: int | None = None) -> Tensor:
+    "(n, n) matrix e[i, k], i < k: weighted mean squared change of call k's output given call i's features (inf where not allowed)."
     n = len(calls)
     E = torch.full((n, n), math.inf, dtype=torch.float64)
     for k in range(n):
-        ck = calls[k]
         for i in range(max(0, k - (max_gap or n)), k):
-            ci = calls[i]
-            if ci['ab'] != ck['ab'] or ci['f'].shape[0] != ck['x'].shape[0]: continue      # another span or batch: no reuse
-            out = model(ck['x'], ck['t'], cache=_FixedHook(ci['ab'], ci['f']), **ck['cond'])
-            E[i, k] = (out - ck['out']).pow(2).mean().item() * (1. if weights is None else weights[k])
+            out = _cached_output(model, calls, i, k)
+            if out is not None: E[i, k] = (out - calls[k]['out']).pow(2).mean().item() * (1. if weights is None else weights[k])
     return E
 
-# %% ../../nbs/71_accel.cache_search.ipynb #3bec2f22
-def dp_schedule(E: Tensor, budget: int) -> tuple:
-    "The `budget` call indices (call 0 included) whose segments have the least summed reuse error e[i, k] (CacheQuant, Liu et al. 2025, Sec. 3.2)."
-    check_tensor(E, 'E', ndim=2)
+def local_segments(E: Tensor) -> Tensor:
+    "(n, n+1) segment costs c[i, j] = sum_{k=i+1}^{j-1} e[i, k] of an (n, n) reuse-error matrix."
     n = E.shape[0]
-    if E.shape != (n, n): raise ValueError(f"E: expected a square (calls, calls) matrix, got {tuple(E.shape)}")
+    C = torch.zeros(n, n + 1, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i + 2, n + 1): C[i, j] = C[i, j - 1] + E[i, j - 1]
+    return C
+
+@torch.no_grad()
+def propagated_segments(model, sampler, x: Tensor, ts, calls: list, ref: Tensor, extra_args: dict | None = None,
+                        max_gap: int | None = None, **kwargs) -> Tensor:
+    "(n, n+1) segment costs c[i, j] = mean |sum_{k=i+1}^{j-1} eps_ik|^2, eps_ik the change of the final sample when call k gets call i's features."
+    n = len(calls)
+    C = torch.full((n, n + 1), math.inf, dtype=torch.float64)
+    C[torch.arange(n), torch.arange(n) + 1] = 0.
+    for i in range(n):
+        acc = torch.zeros_like(ref, dtype=torch.float64)
+        for k in range(i + 1, min(n, i + 1 + (max_gap or n))):
+            out = _cached_output(model, calls, i, k)
+            if out is None: break
+            acc += sampler(_Replay(model, calls, k, out), x, ts, extra_args=extra_args, **kwargs).double() - ref
+            C[i, k + 1] = acc.pow(2).mean()
+    return C
+
+# %% ../../nbs/71_accel.cache_search.ipynb #3bec2f22
+def dp_schedule(C: Tensor, budget: int) -> tuple:
+    "The `budget` call indices (call 0 included) splitting the calls into segments of least total cost C[i, j] (CacheQuant, Liu et al. 2025, Sec. 3.2)."
+    check_tensor(C, 'C', ndim=2)
+    n = C.shape[0]
+    if C.shape != (n, n + 1): raise ValueError(f"C: expected segment costs of shape (calls, calls + 1), got {tuple(C.shape)}")
     if not isinstance(budget, int) or not 1 <= budget <= n: raise ValueError(f"budget: expected an int in 1..{n}, got {budget!r}")
-    E = E.double().triu(1).nan_to_num(posinf=math.inf)
-    E = torch.where(torch.ones(n, n, dtype=torch.bool).triu(1), E, torch.zeros_like(E))
-    cum = E.cumsum(1)                                         # cum[i, k] = sum_{m <= k} e[i, m]
-    seg = lambda i, j: (cum[i, j - 1] - cum[i, i]).item()     # segment [i, j): i computes, i+1..j-1 reuse
-    C = [[math.inf] * (n + 1) for _ in range(budget + 1)]
+    c = C.double().tolist()
+    F = [[math.inf] * (n + 1) for _ in range(budget + 1)]
     arg = [[0] * (n + 1) for _ in range(budget + 1)]
-    for j in range(1, n + 1): C[1][j] = seg(0, j)
+    F[1] = [math.inf] + c[0][1:]
     for m in range(2, budget + 1):
         for j in range(m, n + 1):
-            C[m][j], arg[m][j] = min((C[m - 1][i] + seg(i, j), i) for i in range(m - 1, j))
-    if not math.isfinite(C[budget][n]): raise ValueError(f"budget {budget}: no schedule with finite error (allowed reuses too short); raise the budget or max_gap")
+            F[m][j], arg[m][j] = min((F[m - 1][i] + c[i][j], i) for i in range(m - 1, j))
+    if not math.isfinite(F[budget][n]): raise ValueError(f"budget {budget}: no schedule of finite cost (reuses allowed only over max_gap calls); raise the budget or max_gap")
     starts, j = [], n
     for m in range(budget, 0, -1):
         i = arg[m][j] if m > 1 else 0
@@ -104,27 +118,27 @@ def _final_error(model, policy, sampler, x, ts, ref, extra_args, kwargs) -> floa
 
 @torch.no_grad()
 def search_schedule(model, policy: CachePolicy, sampler, x: Tensor, ts, budget: int, extra_args: dict | None = None,
-                    method: str = 'dp', max_gap: int | None = None, weighted: bool = True, info: dict | None = None, **kwargs) -> CachePolicy:
-    "`policy` recomputing only at the `budget` calls that minimise the error against the uncached run of `sampler` on the calibration batch x (CacheQuant DP, or greedy)."
-    if method not in ('dp', 'greedy'): raise ValueError(f"method: expected 'dp' or 'greedy', got {method!r}")
+                    method: str = 'dp', max_gap: int | None = None, info: dict | None = None, **kwargs) -> CachePolicy:
+    "`policy` recomputing only at the `budget` calls that minimise the error against the uncached run of `sampler` on the calibration batch x (CacheQuant's DP, or greedy)."
+    if method not in ('dp', 'dp_local', 'greedy'): raise ValueError(f"method: expected 'dp', 'dp_local' or 'greedy', got {method!r}")
     if not dataclasses.is_dataclass(policy) or 'steps' not in {f.name for f in dataclasses.fields(policy)}:
         raise TypeError(f"policy: expected a policy with a `steps` schedule (DeepCache, FORA, TaylorSeer), got {type(policy).__name__}")
     check_tensor(x, 'x', min_ndim=2)
     rec = _Recorder(model, dataclasses.replace(policy, steps=None, warmup=0))
-    ref = sampler(rec, x, ts, path=getattr(model, 'path', None), extra_args=extra_args, **kwargs)
+    ref = sampler(rec, x, ts, extra_args=extra_args, **kwargs)
     n = len(rec.calls)
     if not isinstance(budget, int) or not 1 <= budget <= n: raise ValueError(f"budget: expected an int in 1..{n} (the sampler made {n} calls), got {budget!r}")
-    if method == 'dp':
-        w = step_weights(getattr(model, 'path', None), [c['tf'] for c in rec.calls], ts) if weighted else None
-        E = reuse_errors(model, rec.calls, w, max_gap)
-        steps = dp_schedule(E, budget)
-        if info is not None: info.update(errors=E, calls=n)
-    else:
+    if method == 'greedy':
         steps, trace = tuple(range(n)), []
         while len(steps) > budget:
-            errs = [(_final_error(model, dataclasses.replace(policy, steps=tuple(s for s in steps if s != c)), sampler, x, ts, ref, extra_args, kwargs), c)
-                    for c in steps[1:]]
-            err, c = min(errs)
+            err, c = min((_final_error(model, dataclasses.replace(policy, steps=tuple(s for s in steps if s != c)), sampler, x, ts, ref, extra_args, kwargs), c)
+                         for c in steps[1:])
             steps = tuple(s for s in steps if s != c); trace.append(err)
         if info is not None: info.update(trace=trace, calls=n)
-    return dataclasses.replace(policy, steps=steps)
+        return dataclasses.replace(policy, steps=steps)
+    if method == 'dp':
+        C = propagated_segments(model, sampler, x, ts, rec.calls, ref, extra_args, max_gap, **kwargs)
+    else:
+        C = local_segments(local_errors(model, rec.calls, step_weights(getattr(model, 'path', None), [c['tf'] for c in rec.calls], ts), max_gap))
+    if info is not None: info.update(costs=C, calls=n)
+    return dataclasses.replace(policy, steps=dp_schedule(C, budget))
