@@ -31,7 +31,7 @@ class Track:
         self.run = 0                         # calls without computation since the last full one
 
 def taylor_update(derivs: list, t_old: float | None, f: Tensor, t: float, order: int) -> list:
-    "Taylor terms [F, F', ...] at t from those at t_old and the new value f, by backward divided differences (TaylorSeer, Liu et al. 2025, eq. 7)."
+    "Taylor terms [F, F', ...] at t from those at t_old and the new value f, by backward divided differences (TaylorSeer, Liu et al. 2025)."
     new = [f]
     if derivs and t_old is not None and abs(t - t_old) > 1e-12:
         for j in range(min(order, len(derivs))): new.append((new[j] - derivs[j]) / (t - t_old))
@@ -39,7 +39,7 @@ def taylor_update(derivs: list, t_old: float | None, f: Tensor, t: float, order:
     return new
 
 def taylor_forecast(derivs: list, t_old: float, t: float) -> Tensor:
-    "F(t) ~ sum_j F^(j)(t_old) (t - t_old)^j / j! (TaylorSeer, Liu et al. 2025, eq. 8)."
+    "F(t) ~ sum_j F^(j)(t_old) (t - t_old)^j / j! (TaylorSeer, Liu et al. 2025)."
     out, c = derivs[0], 1.
     for j in range(1, len(derivs)):
         c *= (t - t_old) / j
@@ -93,7 +93,7 @@ def _span(start: int, stop: int | None, n: int) -> tuple[int, int]: return start
 # %% ../../nbs/70_accel.cache.ipynb #5fa67cd0
 @dataclass
 class DeepCache(CachePolicy):
-    "Reuse the UNet's deep features at branch `depth`, recompute only the shallow part (DeepCache, Ma et al. 2024, Alg. 1)."
+    "Reuse the UNet's deep features at branch `depth`, recompute only the shallow part (DeepCache, Ma et al. 2024)."
     interval: int = 3                 # A full forward every `interval` calls (uniform 1:N schedule).
     depth: int = 0                    # Branch d: input_blocks[0..d] and their decoder mirrors run every call.
     steps: tuple | None = None        # Call indices of the full forwards (non-uniform or searched schedule); overrides `interval`.
@@ -101,7 +101,7 @@ class DeepCache(CachePolicy):
     def span(self, n, i, t): return self.depth, n
 
 def nonuniform_steps(calls: int, full: int, center: float = 0.3, power: float = 1.4) -> tuple:
-    "`full` call indices out of `calls`, dense around call center*(calls-1) and sparse away from it (DeepCache, Ma et al. 2024, Sec. 3.3)."
+    "`full` call indices out of `calls`, dense around call center*(calls-1) and sparse away from it (DeepCache's non-uniform 1:N schedule, Ma et al. 2024)."
     if not 1 <= full <= calls: raise ValueError(f"full: expected 1..calls={calls}, got {full}")
     if not 0 <= center <= 1 or power < 1: raise ValueError(f"expected center in [0, 1] and power >= 1, got center={center}, power={power}")
     c = center * (calls - 1)
@@ -124,7 +124,7 @@ class FORA(CachePolicy):
 
 @dataclass
 class DeltaDiT(CachePolicy):
-    "Cache the change made by the rear `blocks` blocks while t > `boundary` and by the front ones after (Delta-DiT, Chen et al. 2024, Sec. 4)."
+    "Cache the change made by the rear `blocks` blocks while t > `boundary` and by the front ones after (Delta-DiT, Chen et al. 2024)."
     interval: int = 2                 # Recompute the cached blocks every `interval` calls.
     blocks: int | None = None         # How many blocks are cached (None: half of them).
     boundary: float = 0.5             # Time between the early stage (rear blocks cached) and the late stage (front blocks cached).
@@ -140,7 +140,7 @@ class DeltaDiT(CachePolicy):
 # %% ../../nbs/70_accel.cache.ipynb #12f08158
 @dataclass
 class TaylorSeer(CachePolicy):
-    "Forecast the span's features between full calls by a Taylor expansion from finite differences (TaylorSeer, Liu et al. 2025, Alg. 1)."
+    "Forecast the span's features between full calls by a Taylor expansion from finite differences (TaylorSeer, Liu et al. 2025)."
     order: int = 1                    # Taylor order (0: plain reuse, as FORA).
     interval: int = 3                 # A full computation every `interval` calls.
     start: int = 0                    # First cached unit (UNet: the DeepCache branch; DiT: the first cached block).
