@@ -143,12 +143,21 @@ def load_run(out: str):
     net = _build(run); net.load_state_dict(state['ema'] or state['model']); net.eval()
     return Denoiser(net, run['path'], run['target']), run
 
-def sample_run(out: str, sampler: str = 'euler', steps: int = 50, n: int = 64, guidance: float = 1., labels=None,
-               seed: int = 0, t_max: float = 1., picture: str | None = 'samples.png'):
-    "Sample a trained run; save a grid (images) or a scatter plot (2-D) to `picture`; return the samples."
+def _load_zoo_model(name: str):
+    "(Denoiser, settings like a run.json's) of a shipped zoo model."
+    from diffkit.zoo import load_zoo
+    D = load_zoo(name)
+    r = D.info.get('recipe', {})
+    shape = [2] if D.info['model'].startswith('MLP') else [D.info['kwargs'].get('in_channels', 1), 16, 16]
+    return D, dict(shape=r.get('shape', shape), num_classes=D.info['kwargs'].get('num_classes', 0))
+
+def sample_run(out: str | None = None, sampler: str = 'euler', steps: int = 50, n: int = 64, guidance: float = 1., labels=None,
+               seed: int = 0, t_max: float = 1., picture: str | None = 'samples.png', zoo: str | None = None):
+    "Sample a trained run (or the shipped zoo model `zoo`); save a grid (images) or a scatter plot (2-D) to `picture`; return the samples."
     fns = sampler_names()
     if sampler not in fns: raise ValueError(f"unknown sampler {sampler!r}: expected one of {sorted(fns)}")
-    model, run = load_run(out)
+    if (out is None) == (zoo is None): raise ValueError("expected exactly one of a run folder (--run) or a zoo model (--zoo)")
+    model, run = load_run(out) if zoo is None else _load_zoo_model(zoo)
     g = torch.Generator().manual_seed(seed)
     x = model.path.prior((n, *run['shape']), generator=g)
     extra = {}
@@ -211,7 +220,7 @@ def zoo_train(name: str, out: str = 'runs/zoo', resume: bool = False, log_every:
 # %% ../nbs/90_cli.ipynb #bench_cd_1
 def bench_names(root: str | os.PathLike | None = None) -> dict:
     "Benchmark scripts by name, from `root`/benchmarks (default: the current folder, then the checkout holding this package)."
-    roots = [Path(root)] if root else [Path.cwd(), Path(__file__).resolve().parent.parent]
+    roots = [Path(root)] if root else [Path.cwd(), Path(_samplers.__file__).resolve().parent.parent]
     for r in roots:
         if (r / 'benchmarks').is_dir(): return {f.stem: f for f in sorted((r / 'benchmarks').glob('*.py')) if not f.stem.startswith('_')}
     raise ValueError(f"no benchmarks/ folder in {' or '.join(str(r) for r in roots)}: `diffkit bench` runs the scripts of a source checkout "
@@ -260,7 +269,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument('--resume', action='store_true', help='continue the run in --out from its newest checkpoint')
     t.add_argument('--config', help='TOML file with any of these options (flags given on the command line win)')
     s = sub.add_parser('sample', help='sample a trained run and save a picture')
-    s.add_argument('--run', required=True, help='run folder written by `diffkit train`')
+    src_ = s.add_mutually_exclusive_group(required=True)
+    src_.add_argument('--run', help='run folder written by `diffkit train`')
+    src_.add_argument('--zoo', help='a shipped model instead (see `diffkit zoo`), e.g. digits_unet_s')
     s.add_argument('--sampler', default='euler', help='one of: ' + ', '.join(sorted(sampler_names())))
     s.add_argument('--steps', type=int, default=50)
     s.add_argument('--n', type=int, default=64)
@@ -307,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                       args.seed, args.checkpoint_every, args.resume, warmup=args.warmup, ema_decay=args.ema_decay)
             print(f"trained {args.steps} steps -> {args.out} (sample with: diffkit sample --run {args.out})")
         elif args.command == 'sample':
-            sample_run(args.run, args.sampler, args.steps, args.n, args.guidance, seed=args.seed, picture=args.out)
+            sample_run(args.run, args.sampler, args.steps, args.n, args.guidance, seed=args.seed, picture=args.out, zoo=args.zoo)
             print(f"wrote {args.out}")
         elif args.command == 'zoo' and args.zoo_command == 'train':
             rec = zoo_train(args.name, args.out, args.resume, **({'steps': args.steps} if args.steps else {}))
