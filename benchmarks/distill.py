@@ -7,14 +7,14 @@ Two parts, the same students and the same code (diffkit.accel.distill, .consiste
   start from a 1-rectified-flow MLP regressed onto the oracle's velocity ('base', its cost reported separately).
   Quality: sliced Wasserstein distance to fresh data at n = 10000, beside the data-vs-data floor at the same n.
 - digits: the teacher is the shipped class-conditional UNet (diffkit.zoo.load_zoo('digits_unet_s'), linear path,
-  velocity). Students start from its weights wherever the method allows (all but none here: iCT is initialised
-  from it as in ECT, Geng et al. 2024). Quality: Frechet distance of the shipped digits classifier's features
+  velocity). Every student starts from its weights, iCT included (consistency training initialised from a diffusion
+  model, as in ECT, Geng et al. 2024); MeanFlow adds a zero-initialised embedding of the jump length. Quality: Frechet distance of the shipped digits classifier's features
   (diffkit.classifier.digits_quality) over 1000 samples (labels 0..9 in turn) against the 359 held-out images,
   beside the floor of 1000 training images; the teacher at 50 steps of DPM-Solver++(2M) is the reference.
 
 Students: 2-rectified flow (reflow on the teacher's pairs), InstaFlow (2-RF distilled to one step on the same pairs),
-trajectory distillation (a denoiser per step count whose DDIM jumps regress onto the teacher's states on that grid,
-from the same teacher runs), progressive distillation (rounds halving the steps), consistency distillation, iCT
+trajectory distillation (one denoiser per step count k whose k DDIM jumps regress onto the teacher's states on that
+grid, from the same teacher runs; the row's cost is the three students together), progressive distillation (rounds halving the steps), consistency distillation, iCT
 (consistency training) and MeanFlow distilled from the teacher's velocity. Multistep consistency sampling re-noises.
 Training budgets are step counts (deterministic); wall and CPU time (this process, 1 thread) are reported for each
 student, cumulative over rounds for progressive distillation, and the teacher runs that make pairs separately.
@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffkit.accel.consistency import ConsistencyLoss  # noqa: E402
-from diffkit.accel.distill import DDIMMap, distill_loss, pack, progressive_distillation, reflow_loss, teacher_pairs  # noqa: E402
+from diffkit.accel.distill import (DDIMMap, distill_loss, pack, progressive_distillation, reflow_loss, teacher_pairs,  # noqa: E402
+                                   trajectory_jumps)
 from diffkit.accel.meanflow import MeanFlowMap, TwoTimeNet, meanflow_loss  # noqa: E402
 from diffkit.denoiser import Denoiser  # noqa: E402
 from diffkit.flow import fm_loss  # noqa: E402
@@ -70,8 +71,6 @@ def students(S, log):
     with Clock() as c:                                    # the teacher's runs: (x0, x1) pairs and the states on the 4-step grid
         states = teacher_pairs(S.teacher, S.noise, uniform_grid(S.teacher_steps), sampler=sample_dpmpp_2m,
                                extra_args=S.noise_cond, batch_size=S.teacher_batch, trajectory=True)
-    k4 = S.teacher_steps // 4
-    states = states[::k4]                                 # t = 1, 0.75, 0.5, 0.25, 0
     cost['pairs'] = dict(wall=c.wall, cpu=c.cpu, n=len(S.noise), nfe=S.teacher_steps)
     log(f"teacher pairs: {len(S.noise)} runs of {S.teacher_steps} DPM-Solver++(2M) steps, {c.wall:.0f} s wall, {c.cpu:.0f} s CPU")
     pairs, unpack = pack(x0=states[-1], x1=states[0], **S.noise_cond)
@@ -97,16 +96,12 @@ def students(S, log):
     with Clock() as c:
         maps = {}
         for k in KS:
-            idx = [(i * (4 // k), (i + 1) * (4 // k)) for i in range(k)]
-            t_of = lambda i: torch.full((len(S.noise), 1), 1 - i / 4)
-            data_k, unpack_k = pack(x=torch.cat([states[i] for i, _ in idx]), xs=torch.cat([states[j] for _, j in idx]),
-                                    t=torch.cat([t_of(i) for i, _ in idx]), s=torch.cat([t_of(j) for _, j in idx]),
-                                    **{n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in S.noise_cond.items()})
+            data_k, unpack_k = pack(**trajectory_jumps(states, k, **S.noise_cond))
             def traj_loss(m, b, g, unpack_k=unpack_k):
                 f = unpack_k(b)
-                return distill_loss(DDIMMap(S.denoiser(m)), f['x'], f['xs'], f['t'][:, 0], f['s'][:, 0], **cond(f))
-            maps[k] = DDIMMap(S.denoiser(S.fit(S.base_copy(), traj_loss, S.steps // 2, data_k)))
-    record('trajectory distillation', maps, c, 3 * (S.steps // 2))
+                return distill_loss(DDIMMap(S.denoiser(m)), f['x'], f['xs'], f['t'], f['s'], **cond(f))
+            maps[k] = DDIMMap(S.denoiser(S.fit(S.base_copy(), traj_loss, S.steps, data_k)))
+    record('trajectory distillation (k = 1, 2, 4)', maps, c, 3 * S.steps)
     # progressive distillation: rounds from the teacher's 2 * 64-step DDIM to one step, each round from the last weights
     with Clock() as c:
         pd = progressive_distillation(S.teacher, S.data, steps=S.pd_start, init=S.base_net, target=S.target, unpack=S.unpack,
@@ -187,7 +182,7 @@ def digits_setup(mode):
     T = load_zoo('digits_unet_s')
     xtr, ytr, _, _ = digits_split(0)
     data, unpack = pack(x0=xtr, y=ytr)
-    steps, n_pairs, n_eval, pd_start, teacher_steps = dict(smoke=(4, 16, 20, 4, 4), quick=(20, 40, 200, 16, 20), full=(400, 2000, 1000, 64, 20))[mode]
+    steps, n_pairs, n_eval, pd_start, teacher_steps = dict(smoke=(4, 16, 20, 4, 4), quick=(20, 40, 200, 16, 20), full=(400, 2000, 1000, 32, 20))[mode]
     g = torch.Generator().manual_seed(10)
     S = Setup(teacher=T, path=T.path, target=T.target, data=data, unpack=unpack, batch_size=64, lr=1e-4, ema_decay=0.995,
               steps=steps, mf_steps=steps // 2, pd_start=pd_start, pd_round_steps=steps // 2, ct_s1=80, teacher_steps=teacher_steps,
