@@ -23,6 +23,11 @@ student, cumulative over rounds for progressive distillation, and the teacher ru
     python benchmarks/distill.py --part digits       # ~2 CPU-hours: run niced, 1 thread
     python benchmarks/distill.py --quick             # small budgets, both parts (~5 CPU-minutes); --smoke: seconds (tests)
 Ends with one line: RESULT toy_sw1_over_floor=... digits_fd1_over_teacher=... digits_fd4_over_teacher=... ...
+
+Measured (2026-11-30, `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/distill.py --quick`, 2 shared cores under load from
+other jobs; 528 s wall, 359 s CPU): RESULT toy_sw1_over_floor=2.504 toy_sw_teacher_over_floor=0.832 toy_floor=0.0547
+digits_fd1_over_teacher=3.652 digits_fd4_over_teacher=1.052 digits_fd_teacher=1.380 digits_fd_floor=2.365 mode=quick
+(quick budgets: 300 toy steps, 10-60 digits steps, digits FD over n = 200). The full runs have not been made yet.
 """
 import argparse, copy, math, sys, time
 from pathlib import Path
