@@ -13,7 +13,8 @@ from .core import check_tensor
 from .paths import GaussianPath, check_prediction, from_x0_eps
 
 # %% auto #0
-__all__ = ['TIME_DENSITIES', 'WEIGHTINGS', 'sample_t', 'x0_error_scale', 'loss_weight', 'regression_loss', 'drop_labels']
+__all__ = ['TIME_DENSITIES', 'WEIGHTINGS', 'sample_t', 'x0_error_scale', 'loss_weight', 'pseudo_huber', 'huber_c',
+           'regression_loss', 'drop_labels']
 
 # %% ../nbs/40_objectives.ipynb #38b003b1
 TIME_DENSITIES = ('uniform', 'logit_normal', 'lognormal', 'u_shaped')
@@ -56,12 +57,23 @@ def loss_weight(t: Tensor, path: GaussianPath, target: str, weighting: str = 'un
     else: sig = s / a; w = (sig ** 2 + sigma_data ** 2) / (sig * sigma_data) ** 2
     return w / x0_error_scale(target, a, s, da, ds) ** 2
 
+# %% ../nbs/40_objectives.ipynb #f05e2b31
+def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
+    "Per-example pseudo-Huber distance sqrt(||a - b||^2 + c^2) - c over all but the batch dimension (Song & Dhariwal 2023, eq. 6)."
+    if a.shape != b.shape: raise ValueError(f"pseudo_huber: expected a and b of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if not c > 0: raise ValueError(f"c: expected a positive float, got {c}")
+    return ((a - b).pow(2).flatten(1).sum(1) + c * c).sqrt() - c
+
+def huber_c(dim: int) -> float:
+    "The pseudo-Huber constant c = 0.00054 sqrt(dim) of improved consistency training (Song & Dhariwal 2023, sec. 3.3)."
+    return 0.00054 * math.sqrt(dim)
+
 # %% ../nbs/40_objectives.ipynb #e0330fe7
 def regression_loss(net, path: GaussianPath, x0: Tensor, target: str = 'velocity', t: Tensor | None = None,
                     eps: Tensor | None = None, generator: torch.Generator | None = None, density: str = 'uniform',
                     weighting: str = 'uniform', gamma: float = 5., sigma_data: float = 0.5,
-                    shard: tuple[int, int] | None = None, **cond) -> Tensor:
-    "Weighted mean squared error between net(x_t, t) and the `target` implied by (x0, eps) on `path`."
+                    shard: tuple[int, int] | None = None, huber_c: float | None = None, **cond) -> Tensor:
+    "Weighted mean squared error (or pseudo-Huber distance, `huber_c`) between net(x_t, t) and the `target` implied by (x0, eps) on `path`."
     check_prediction(target); check_tensor(x0, 'x0', min_ndim=2)
     b = x0.shape[0]
     rank, world = shard or (0, 1)
@@ -70,7 +82,8 @@ def regression_loss(net, path: GaussianPath, x0: Tensor, target: str = 'velocity
     if eps is None: eps = torch.randn((b * world, *x0.shape[1:]), generator=generator, dtype=x0.dtype)[rank * b:(rank + 1) * b].to(x0.device)
     xt, eps = path.sample(x0, t, eps)
     want = from_x0_eps(x0, eps, target, *path.coefs(t, x0.ndim))
-    err = (net(xt, t, **cond) - want).pow(2).flatten(1).mean(1)
+    pred = net(xt, t, **cond)
+    err = (pred - want).pow(2).flatten(1).mean(1) if huber_c is None else pseudo_huber(pred, want, huber_c)
     if weighting != 'uniform': err = err * loss_weight(t, path, target, weighting, gamma, sigma_data).to(err.dtype)
     return err.mean()
 

@@ -103,7 +103,7 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], h, w, p, p, C)
         return torch.einsum('nhwpqc->nchpwq', x).reshape(x.shape[0], C, h * p, w * p)
 
-    def forward(self, x: Tensor, t, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t, y: Tensor | None = None, cache=None) -> Tensor:
         check_tensor(x, 'x', ndim=4)
         p = self.patch_size
         if x.shape[1] != self.in_channels or x.shape[2] % p or x.shape[3] % p:
@@ -115,8 +115,18 @@ class DiT(nn.Module):
         c = self.t_embedder(as_time(t, x))                                    # (B, D)
         if self.y_embedder is not None: c = c + self.y_embedder(y)
         elif y is not None: raise ValueError("y: this DiT is unconditional (num_classes=0) but got labels")
-        for blk in self.blocks: tok = blk(tok, c, rope)                       # (B, N, D)
+        if cache is None: tok = self._blocks(tok, c, rope, 0, len(self.blocks))  # (B, N, D)
+        else:
+            a, b = cache.span(len(self.blocks))
+            if not 0 <= a < b <= len(self.blocks): raise ValueError(f"cache span: expected (a, b) with 0 <= a < b <= {len(self.blocks)}, got ({a}, {b})")
+            tok = self._blocks(tok, c, rope, 0, a)
+            tok = cache(tok, lambda tok: self._blocks(tok, c, rope, a, b), residual=True)   # blocks a..b-1: run, reused or forecast
+            tok = self._blocks(tok, c, rope, b, len(self.blocks))
         return self.unpatchify(self.final_layer(tok, c), h, w)                # (B, C_out, H, W)
+
+    def _blocks(self, tok: Tensor, c: Tensor, rope, a: int, b: int) -> Tensor:
+        for blk in self.blocks[a:b]: tok = blk(tok, c, rope)
+        return tok
 
 # %% ../../nbs/33_models.dit.ipynb #c98b707c
 DiT_S_2 = partial(DiT, depth=6, hidden_size=192, num_heads=3, patch_size=2)

@@ -14,7 +14,7 @@ from ..core import as_time, check_tensor
 from .layers import TimeEmbedding, ClassEmbedding, Attention, modulate, zero_
 
 # %% auto #0
-__all__ = ['UNet_S', 'UNet_M', 'ResBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Step', 'UNet']
+__all__ = ['UNet_S', 'UNet_M', 'ResBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Step', 'DictCache', 'UNet']
 
 # %% ../../nbs/32_models.unet.ipynb #3b20740a
 class ResBlock(nn.Module):
@@ -58,6 +58,22 @@ class Step(nn.Sequential):
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:
         for m in self: h = m(h) if isinstance(m, nn.Conv2d) else m(h, emb)
         return h
+
+# %% ../../nbs/32_models.unet.ipynb #a1c0de02
+class DictCache:
+    "The dict form of the cache hook, `cache={'depth': d}`: the first call stores the deep features as 'h', later calls reuse them (DeepCache, Ma et al. 2024)."
+    def __init__(self, d: dict): self.d = d
+    def span(self, n: int) -> tuple[int, int]:
+        depth = self.d.get('depth', 0)
+        if not isinstance(depth, int) or not 0 <= depth < n: raise ValueError(f"cache['depth']: expected 0..{n - 1}, got {depth!r}")
+        return depth, n
+    def __call__(self, h: Tensor, compute, residual: bool = False) -> Tensor:
+        if 'h' not in self.d:
+            self.d['h'] = out = compute(h)
+            return out
+        out = self.d['h']
+        if out.shape[0] != h.shape[0]: raise ValueError(f"cache['h']: expected batch {h.shape[0]}, got {out.shape[0]}")
+        return out
 
 # %% ../../nbs/32_models.unet.ipynb #3a92f961
 class UNet(nn.Module):
@@ -125,7 +141,24 @@ class UNet(nn.Module):
         if len(s) != n: raise ValueError(f"skip_scale: expected a float or {n} floats (one per input block), got {len(s)}")
         return s
 
-    def forward(self, x: Tensor, t, y: Tensor | None = None, skip_scale=None, cache: dict | None = None) -> Tensor:
+    def _encode(self, h: Tensor, emb: Tensor, i0: int, i1: int, hs: list) -> Tensor:
+        for blk in self.input_blocks[i0:i1]: h = blk(h, emb); hs.append(h)     # (B, C_l, H/2^l, W/2^l)
+        return h
+
+    def _decode(self, h: Tensor, emb: Tensor, j0: int, j1: int, hs: list, scales: list) -> Tensor:
+        n = len(self.input_blocks)
+        for j in range(j0, j1):                                                # output block j takes the skip of input block n-1-j
+            s, skip = scales[n - 1 - j], hs.pop()
+            h = self.output_blocks[j](torch.cat([h, skip if s is None else skip * s], 1), emb)
+        return h
+
+    def _deep(self, h: Tensor, emb: Tensor, d: int, hs: list, scales: list) -> Tensor:
+        "The deep part at branch d: input_blocks[d+1:], the middle block, output_blocks[:n-1-d]."
+        n = len(self.input_blocks)
+        h = self.middle_block(self._encode(h, emb, d + 1, n, hs), emb)        # (B, C_L, H/2^(L-1), W/2^(L-1))
+        return self._decode(h, emb, 0, n - 1 - d, hs, scales)
+
+    def forward(self, x: Tensor, t, y: Tensor | None = None, skip_scale=None, cache=None) -> Tensor:
         check_tensor(x, 'x', ndim=4)
         f = 2 ** (len(self.channels) - 1)
         if x.shape[1] != self.in_channels or x.shape[2] % f or x.shape[3] % f:
@@ -133,23 +166,16 @@ class UNet(nn.Module):
         emb = self.temb(as_time(t, x))                                         # (B, E)
         if self.cemb is not None: emb = emb + self.cemb(y)
         elif y is not None: raise ValueError("y: this UNet is unconditional (num_classes=0) but got labels")
-        n, scales = len(self.input_blocks), self._skip_scales(skip_scale)
-        depth = None if cache is None else cache.get('depth', 0)
-        if depth is not None and not 0 <= depth < n: raise ValueError(f"cache['depth']: expected 0..{n - 1}, got {depth}")
-        reuse = cache is not None and 'h' in cache
-        hs, h = [], x
-        for i, blk in enumerate(self.input_blocks):                            # (B, C_l, H/2^l, W/2^l)
-            if reuse and i > depth: break
-            h = blk(h, emb); hs.append(h)
-        if reuse:
-            h, start = cache['h'], n - 1 - depth                               # deep features from an earlier call
-            if h.shape[0] != x.shape[0]: raise ValueError(f"cache['h']: expected batch {x.shape[0]}, got {h.shape[0]}")
-        else: h, start = self.middle_block(h, emb), 0                          # (B, C_L, H/2^(L-1), W/2^(L-1))
-        for j in range(start, n):
-            if cache is not None and not reuse and j == n - 1 - depth: cache['h'] = h
-            s, skip = scales[n - 1 - j], hs.pop()
-            h = self.output_blocks[j](torch.cat([h, skip if s is None else skip * s], 1), emb)
-        return self.out(h)                                                     # (B, C_out, H, W)
+        n, scales, hs = len(self.input_blocks), self._skip_scales(skip_scale), []
+        if cache is None:
+            h = self._deep(self._encode(x, emb, 0, 1, hs), emb, 0, hs, scales)
+            return self.out(self._decode(h, emb, n - 1, n, hs, scales))        # (B, C_out, H, W)
+        if isinstance(cache, dict): cache = DictCache(cache)
+        d, stop = cache.span(n)
+        if not 0 <= d < n or stop != n: raise ValueError(f"cache span: expected (d, {n}) with d in 0..{n - 1} (the DeepCache branch), got ({d}, {stop})")
+        h = self._encode(x, emb, 0, d + 1, hs)                                 # the shallow encoder, always run
+        h = cache(h, lambda h: self._deep(h, emb, d, hs, scales), residual=False)   # deep features: computed, reused or forecast
+        return self.out(self._decode(h, emb, n - 1 - d, n, hs, scales))        # the shallow decoder, always run
 
 # %% ../../nbs/32_models.unet.ipynb #a42cbd97
 UNet_S = partial(UNet, channels=(32, 48, 64), num_blocks=(1, 1, 2), attn_levels=(1, 2))
