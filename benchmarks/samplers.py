@@ -5,8 +5,9 @@
 Loop overhead = wall time of a whole sampling run / (NFE x one bare network forward), so 1.00 means the sampler
 costs nothing beyond the network. Both sides call the same network: diffkit through `Denoiser` (its prediction
 conversion counts as overhead), diffusers through `scale_model_input` + `step` (and `set_timesteps`, as our
-coefficient precomputation is counted). Models: a tiny conv net on 16x16 images (`TinyConvStandIn`, four 3x3 convs,
-a stand-in for a small UNet, not a UNet) and a tiny 2-D MLP at batch 64, where loop overhead dominates.
+coefficient precomputation is counted). Models: the registry's small UNet (`UNet_S`, 1.3M parameters, 16x16, batch 16;
+RESULT's overhead_unet), a tiny conv net on 16x16 images (`TinyConvStandIn`, four 3x3 convs, whose forward is cheap
+enough for the loop to show; overhead_conv) and a tiny 2-D MLP at batch 64, where loop overhead dominates.
 Accuracy: the exact denoiser of a Gaussian mixture (the oracle), started from the same noise at diffusers' largest
 noise level; the exact answer is the PF-ODE solution from that noise (adaptive Dormand-Prince, rtol 1e-10).
 Timings are the minimum over interleaved repeats (the least-disturbed run), single-threaded (torch.set_num_threads(1))
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffkit.denoiser import Denoiser  # noqa: E402
 from diffkit.models.layers import TimeEmbedding  # noqa: E402
 from diffkit.models.mlp import TimeMLP  # noqa: E402
+from diffkit.models.registry import get_model  # noqa: E402
 from diffkit.paths import EDM, VPLinear  # noqa: E402
 from diffkit.samplers import (get_grid, sample_adaptive, sample_dpmpp_2m, sample_dpmpp_3m, sample_euler, sample_ipndm,  # noqa: E402
                               sample_lms, sample_unipc)
@@ -139,6 +141,9 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('--quick', action='store_true'); args = ap.parse_args()
     torch.manual_seed(0); torch.set_num_threads(1)
     reps = 3 if args.quick else 9
+    unet = get_model('UNet_S').eval()
+    torch.nn.init.normal_(unet.out[-1].weight, std=0.02)                     # a non-zero (untrained) eps prediction
+    unet_res = overhead_table('UNet_S (16x16x1, batch 16)', unet, torch.randn(16, 1, 16, 16), 20, reps)
     conv = TinyConvStandIn().eval()
     conv_res = overhead_table('TinyConvStandIn (16x16x3, batch 16)', conv, torch.randn(16, 3, 16, 16), 20, reps)
     mlp = TimeMLP(dim=2, width=128, depth=3).eval()
@@ -147,6 +152,7 @@ if __name__ == '__main__':
     rows = accuracy()
     worst_ours = max(v for k, v in mlp_res.items() if k.startswith('ours') and k != 'ours euler')
     print(f"\nworst multistep loop of ours on the MLP: {worst_ours:.3f}x")
-    print(f"RESULT overhead_unet={conv_res['ours dpmpp_2m']:.3f} overhead_mlp={mlp_res['ours dpmpp_2m']:.3f} "
+    worst_unet = max(v for k, v in unet_res.items() if k.startswith('ours'))
+    print(f"RESULT overhead_unet={unet_res['ours dpmpp_2m']:.3f} overhead_conv={conv_res['ours dpmpp_2m']:.3f} overhead_mlp={mlp_res['ours dpmpp_2m']:.3f} "
           f"overhead_vs_diffusers_mlp={mlp_res['ours dpmpp_2m'] / mlp_res['diffusers dpmpp_2m']:.3f} "
-          f"err_nfe10_vs_diffusers={rows[10][2] / rows[10][0]:.3f}")
+          f"err_nfe10_vs_diffusers={rows[10][2] / rows[10][0]:.3f} worst_multistep_mlp={worst_ours:.3f} worst_unet={worst_unet:.3f}")

@@ -12,15 +12,13 @@ Ends with one line: RESULT throughput_ratio=... fd_diffkit=... fd_diffusers=... 
 import argparse, json, time
 from pathlib import Path
 import torch
-from diffkit.classifier import digits_quality, digits_split
+from diffkit.classifier import digits_split, evaluate_digits
 from diffkit.denoiser import Denoiser
-from diffkit.guidance import CFG
 from diffkit.interop import DiffusersBackbone
 from diffkit.models.layers import count_params_flops
 from diffkit.models.registry import get_model
 from diffkit.objectives import drop_labels, regression_loss
 from diffkit.paths import Linear
-from diffkit.samplers import sample_dpmpp_2m, uniform_grid
 from diffkit.training import StopTraining, Trainer
 
 
@@ -44,7 +42,7 @@ def loss_fn(path):
     return loss
 
 
-def run(name, data, seconds, batch_size, seed, n_eval, steps_eval, guidance):
+def run(name, data, seconds, batch_size, seed, n_eval, steps_eval, guidance, fd_every=0):
     path = Linear()
     torch.manual_seed(seed)
     net = make(name)
@@ -53,28 +51,33 @@ def run(name, data, seconds, batch_size, seed, n_eval, steps_eval, guidance):
     probe = Trainer(make(name), loss_fn(path), data, steps=20, batch_size=batch_size, warmup=5, generator=torch.Generator().manual_seed(seed))
     t0 = time.time(); probe.fit(); rate = 20 / (time.time() - t0)
     steps = max(50, int(rate * seconds))
-    t_end = [None]
+    clock = dict(t0=None, paused=0.)                      # training time excludes the FD evaluations
+    curve = []
+    def train_time(): return time.time() - clock['t0'] - clock['paused']
     def stop(tr):
-        if time.time() > t_end[0]: raise StopTraining
+        if train_time() > 1.2 * seconds: raise StopTraining
+    def fd_probe(tr):
+        if not fd_every or tr.step % fd_every: return
+        t1, at = time.time(), train_time()
+        ev = evaluate_digits(Denoiser(tr.sample_model, path, 'velocity'), n=n_eval, steps=steps_eval, guidance=None)
+        clock['paused'] += time.time() - t1
+        curve.append((tr.step, at, ev['unguided']['fd']))
     tr = Trainer(net, loss_fn(path), data, steps=steps, batch_size=batch_size, lr=2e-3, warmup=min(200, steps // 10),
-                 ema_decay=0.999, generator=torch.Generator().manual_seed(seed), callbacks=[stop])
-    t0 = time.time(); t_end[0] = t0 + 1.2 * seconds
+                 ema_decay=0.999, generator=torch.Generator().manual_seed(seed), callbacks=[stop, fd_probe])
+    clock['t0'] = time.time()
     model, losses = tr.fit()
-    train_s = time.time() - t0
-    D = Denoiser(model, path, 'velocity')
-    g = torch.Generator().manual_seed(seed + 1)
-    x1 = torch.randn(n_eval, 1, 16, 16, generator=g)
-    y = torch.arange(n_eval) % 10
+    train_s = train_time()
     res = dict(name=name, params=params, steps=tr.step, train_seconds=train_s, samples_per_s=tr.step * batch_size / train_s,
-               final_loss=sum(losses[-100:]) / len(losses[-100:]))
-    with torch.no_grad():
-        for label, model_ in (('unguided', D), ('cfg', CFG(D, guidance, null_cond={'y': 10}))):
-            t0 = time.time()
-            xs = sample_dpmpp_2m(model_, x1, uniform_grid(steps_eval), extra_args=dict(y=y)).clamp(-1, 1)
-            q = digits_quality(xs, y, verbose=False)
-            res[label] = dict(fd=q['fd'], fd_floor=q['fd_floor'], kid=q['kid'], kid_std=q['kid_std'], kid_floor=q['kid_floor'],
-                              acc=q['acc'], acc_floor=q['acc_floor'], sample_seconds=time.time() - t0)
+               final_loss=sum(losses[-100:]) / len(losses[-100:]), fd_curve=curve)
+    ev = evaluate_digits(Denoiser(model, path, 'velocity'), n=n_eval, steps=steps_eval, guidance=guidance, seed=seed + 1)
+    for label, q in ev.items():
+        res[label] = {k: q[k] for k in ('fd', 'fd_floor', 'kid', 'kid_std', 'kid_floor', 'acc', 'acc_floor', 'sample_seconds')}
     return res, model
+
+
+def time_to(curve, target):
+    "Training seconds at the first probe whose FD is at most `target` (None if never)."
+    return next((s for _, s, fd in curve if fd <= target), None)
 
 
 def main():
@@ -86,19 +89,22 @@ def main():
     ap.add_argument('--guidance', type=float, default=2.)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--save', help='save the diffkit model (EMA) to this safetensors file, with a JSON beside it')
+    ap.add_argument('--fd-every', type=int, default=0, help='score the EMA model every this many steps (0: only at the end)')
+    ap.add_argument('--fd-target', type=float, default=3.0, help='the FD whose time-to-reach is reported (with --fd-every)')
     ap.add_argument('--quick', action='store_true')
     a = ap.parse_args()
+    if a.quick: a.seconds, a.n_eval, a.sample_steps, a.fd_every = min(a.seconds, 30), min(a.n_eval, 100), min(a.sample_steps, 10), a.fd_every or 20
     xtr, ytr, _, _ = digits_split(0)                          # the classifier's held-out images stay unseen
     data = torch.cat([xtr.flatten(1), ytr[:, None].float()], 1)
     results = {}
     for name in ('diffkit', 'diffusers'):
-        results[name], model = run(name, data, a.seconds, a.batch_size, a.seed, a.n_eval, a.sample_steps, a.guidance)
+        results[name], model = run(name, data, a.seconds, a.batch_size, a.seed, a.n_eval, a.sample_steps, a.guidance, a.fd_every)
         if name == 'diffkit' and a.save:
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, a.save)
             Path(a.save).with_suffix('.json').write_text(json.dumps(dict(model='UNet_S', kwargs=dict(num_classes=10), path='linear',
                 target='velocity', command='python benchmarks/training.py ' + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if v not in (None, False)),
-                metrics=results[name]), indent=1))
+                metrics={k: v for k, v in results[name].items() if k != 'fd_curve'}), indent=1))
     print(f"{'':10}{'params':>9}{'steps':>7}{'samples/s':>11}{'loss':>8} | {'FD':>7}{'KID*1e3':>9}{'acc':>7} (unguided) | {'FD':>7}{'KID*1e3':>9}{'acc':>7} (CFG {a.guidance:g})")
     for n, r in results.items():
         u, c = r['unguided'], r['cfg']
@@ -106,10 +112,19 @@ def main():
     f = results['diffkit']['unguided']
     print(f"{'floor':10}{'':35} | {f['fd_floor']:7.2f}{1e3 * f['kid_floor']:9.2f}{100 * f['acc_floor']:6.1f}%  (held-out vs {a.n_eval} training images)")
     dk, df = results['diffkit'], results['diffusers']
+    tt = {}
+    if a.fd_every:
+        print(f"\nunguided FD of the EMA model during training (every {a.fd_every} steps; seconds of training, evaluation excluded)")
+        for n, r in results.items():
+            print(f"{n:10}" + '  '.join(f"{s:5.0f}s:{fd:6.2f}" for _, s, fd in r['fd_curve']))
+            tt[n] = time_to(r['fd_curve'], a.fd_target)
+            print(f"{'':10}time to FD <= {a.fd_target:g}: " + (f"{tt[n]:.0f} s" if tt[n] is not None else 'not reached'))
     print(f"RESULT throughput_ratio={dk['samples_per_s'] / df['samples_per_s']:.3f} fd_diffkit={dk['unguided']['fd']:.3f} fd_diffusers={df['unguided']['fd']:.3f} "
           f"kid_diffkit={dk['unguided']['kid']:.5f} kid_diffusers={df['unguided']['kid']:.5f} fd_floor={f['fd_floor']:.3f} "
           f"acc_cfg_diffkit={dk['cfg']['acc']:.4f} acc_unguided_diffkit={dk['unguided']['acc']:.4f} "
-          f"acc_cfg_diffusers={df['cfg']['acc']:.4f} acc_unguided_diffusers={df['unguided']['acc']:.4f} seconds={a.seconds:g}")
+          f"acc_cfg_diffusers={df['cfg']['acc']:.4f} acc_unguided_diffusers={df['unguided']['acc']:.4f} seconds={a.seconds:g}"
+          + (f" time_to_fd{a.fd_target:g}_diffkit={tt['diffkit']} time_to_fd{a.fd_target:g}_diffusers={tt['diffusers']}" if tt else '')
+          + (f" time_to_fd_ratio={tt['diffkit'] / tt['diffusers']:.3f}" if tt and tt['diffkit'] and tt['diffusers'] else ''))
 
 
 if __name__ == '__main__':

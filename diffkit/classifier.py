@@ -18,7 +18,7 @@ from .metrics import frechet_distance, kid
 
 # %% auto #0
 __all__ = ['preprocess_digits', 'digits_split', 'DigitsClassifier', 'train_digits_classifier', 'save_digits_classifier',
-           'load_digits_classifier', 'classifier_features', 'classifier_accuracy', 'digits_quality']
+           'load_digits_classifier', 'classifier_features', 'classifier_accuracy', 'digits_quality', 'evaluate_digits']
 
 # %% ../nbs/57_classifier.ipynb #341318f7
 def preprocess_digits(images) -> Tensor:
@@ -185,4 +185,20 @@ def digits_quality(samples: Tensor, labels: Tensor | None = None, ref: str | Ten
         for name, sfx in (('samples', ''), ('floor', '_floor')):
             row = f"{name:10}{out['fd' + sfx]:10.2f}{1e3 * out['kid' + sfx]:10.2f} +- {1e3 * out['kid' + sfx + '_std']:4.2f}"
             print(row + (f"{100 * out['acc' + sfx]:10.1f}%" if labels is not None else ''))
+    return out
+
+# %% ../nbs/57_classifier.ipynb #evdig_cd01
+def evaluate_digits(model, n: int = 359, steps: int = 20, guidance: float | None = 2., seed: int = 1, sampler=None,
+                    null_class: int = 10, verbose: bool = False) -> dict:
+    "FD, KID and accuracy of a class-conditional digits denoiser, unguided and with CFG `guidance`, from seeded noise."
+    from diffkit.guidance import CFG
+    from diffkit.samplers import sample_dpmpp_2m, uniform_grid
+    sampler = sampler or sample_dpmpp_2m
+    x1 = torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+    y, out = torch.arange(n) % 10, {}
+    runs = [('unguided', model)] + ([('cfg', CFG(model, guidance, null_cond={'y': null_class}))] if guidance else [])
+    for name, m in runs:
+        t0 = time.time()
+        with torch.no_grad(): xs = sampler(m, x1, uniform_grid(steps), extra_args=dict(y=y)).clamp(-1, 1)
+        out[name] = dict(digits_quality(xs, y, verbose=verbose), sample_seconds=time.time() - t0)
     return out

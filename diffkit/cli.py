@@ -25,9 +25,12 @@ from .objectives import drop_labels
 from .paths import PATHS, PREDICTIONS
 from .training import Trainer, latest_checkpoint
 from . import samplers as _samplers, stochastic as _stochastic
+from safetensors.torch import save as st_save
+from .zoo import zoo_models
 
 # %% auto #0
-__all__ = ['demo', 'train_run', 'sampler_names', 'load_run', 'sample_run', 'main']
+__all__ = ['demo', 'evaluate_toy', 'train_run', 'sampler_names', 'load_run', 'sample_run', 'zoo_table', 'zoo_train',
+           'bench_names', 'run_bench', 'main']
 
 # %% ../nbs/90_cli.ipynb #c28dd5c9
 def demo(dataset: str = 'checkerboard', # A 2-D dataset from `toy.TOY_DATASETS`.
@@ -52,16 +55,23 @@ def demo(dataset: str = 'checkerboard', # A 2-D dataset from `toy.TOY_DATASETS`.
     train_s = time.time() - t0
     model = Denoiser(ema_net, path, 'velocity')
     t0 = time.time()
-    samples = sample_euler(model, path.prior((n, 2), generator=g), uniform_grid(sample_steps))
+    ev = evaluate_toy(model, dataset, n=n, steps=sample_steps, seed=seed, generator=g)
     sample_s = time.time() - t0
+    if out:
+        fig = scatter2d(ev['data'], ev['samples'], titles=[f'{dataset}: data', f'samples ({sample_steps} Euler steps)'], figsize=(8, 4))
+        fig.savefig(out, dpi=100); import matplotlib.pyplot as plt; plt.close(fig)
+    return dict(dataset=dataset, sw_samples=ev['sw'], sw_floor=ev['sw_floor'], ratio=ev['ratio'], final_loss=sum(losses[-100:]) / len(losses[-100:]),
+                train_seconds=train_s, sample_seconds=sample_s, out=out, samples=ev['samples'])
+
+def evaluate_toy(model, dataset: str, n: int = 10_000, steps: int = 100, seed: int = 0, generator: torch.Generator | None = None) -> dict:
+    "Sliced Wasserstein of `n` Euler samples of a 2-D model against fresh data, beside the data-vs-data noise floor."
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
+    samples = sample_euler(model, model.path.prior((n, 2), generator=g), uniform_grid(steps))
     real, real2 = toy_data(dataset, n, g), toy_data(dataset, n, g)
     sw = sliced_wasserstein(samples, real, generator=torch.Generator().manual_seed(seed))
     floor = sliced_wasserstein(real2, real, generator=torch.Generator().manual_seed(seed))
-    if out:
-        fig = scatter2d(real, samples, titles=[f'{dataset}: data', f'samples ({sample_steps} Euler steps)'], figsize=(8, 4))
-        fig.savefig(out, dpi=100); import matplotlib.pyplot as plt; plt.close(fig)
-    return dict(dataset=dataset, sw_samples=sw, sw_floor=floor, ratio=sw / floor, final_loss=sum(losses[-100:]) / len(losses[-100:]),
-                train_seconds=train_s, sample_seconds=sample_s, out=out, samples=samples)
+    return dict(sw=sw, sw_floor=floor, ratio=sw / floor, samples=samples, data=real)
+
 
 # %% ../nbs/90_cli.ipynb #5f415207
 def _data(dataset: str):
@@ -74,11 +84,13 @@ def _data(dataset: str):
         return torch.cat([x.flatten(1), y[:, None].float()], 1), tuple(x.shape[1:]), 10
     raise ValueError(f"unknown dataset {dataset!r}: expected 'digits' or one of {sorted(TOY_DATASETS)}")
 
-def _build(run: dict):
-    "The backbone a run.json describes."
+def _model_kwargs(run: dict) -> dict:
+    "Constructor arguments of the backbone a run.json describes (data channels or dimension, classes)."
     kw = dict(dim=run['shape'][0]) if run['model'].startswith('MLP') else dict(in_channels=run['shape'][0])
     if run['num_classes']: kw['num_classes'] = run['num_classes']
-    return get_model(run['model'], **kw)
+    return kw
+
+def _build(run: dict): return get_model(run['model'], **_model_kwargs(run))
 
 def _loss(run: dict, path):
     shape, k, p = tuple(run['shape']), run['num_classes'], run['p_uncond']
@@ -90,14 +102,16 @@ def _loss(run: dict, path):
 
 def train_run(out: str, dataset: str = 'digits', model: str = 'UNet_S', path: str = 'linear', target: str = 'velocity',
               steps: int = 2000, batch_size: int = 128, lr: float = 1e-3, p_uncond: float = 0.1, seed: int = 0,
-              checkpoint_every: int = 200, resume: bool = False, log_every: int = 100):
+              checkpoint_every: int = 200, resume: bool = False, log_every: int = 100, warmup: int | None = None, ema_decay: float = 0.999):
     "Train `model` on `dataset` into the folder `out` (checkpoints + run.json); return (sampling model, losses)."
     if model not in MODELS: raise ValueError(f"unknown model {model!r}: expected one of {sorted(MODELS)}")
     if path not in PATHS: raise ValueError(f"unknown path {path!r}: expected one of {sorted(PATHS)}")
     if target not in PREDICTIONS: raise ValueError(f"unknown target {target!r}: expected one of {PREDICTIONS}")
+    if not 0 < ema_decay < 1: raise ValueError(f"ema_decay: expected a float in (0, 1), got {ema_decay}")
     data, shape, k = _data(dataset)
+    warmup = min(100, steps // 10) if warmup is None else int(warmup)
     run = dict(dataset=dataset, model=model, path=path, target=target, shape=list(shape), num_classes=k, p_uncond=p_uncond,
-               seed=seed, steps=steps, batch_size=batch_size, lr=lr)
+               seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay)
     folder = Path(out); folder.mkdir(parents=True, exist_ok=True)
     rj = folder / 'run.json'
     if resume and rj.exists():
@@ -107,7 +121,7 @@ def train_run(out: str, dataset: str = 'digits', model: str = 'UNet_S', path: st
         raise ValueError(f"{folder} already holds a run: pass --resume to continue it, or choose another --out")
     atomic_write(rj, json.dumps(run, indent=1))
     seed_everything(seed)
-    tr = Trainer(_build(run), _loss(run, get_path(path)), data, steps=steps, batch_size=batch_size, lr=lr, warmup=min(100, steps // 10),
+    tr = Trainer(_build(run), _loss(run, get_path(path)), data, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay,
                  generator=torch.Generator().manual_seed(seed), log_every=log_every, checkpoint_dir=folder, checkpoint_every=checkpoint_every)
     try: return tr.fit(resume=resume)
     except KeyboardInterrupt:
@@ -129,12 +143,21 @@ def load_run(out: str):
     net = _build(run); net.load_state_dict(state['ema'] or state['model']); net.eval()
     return Denoiser(net, run['path'], run['target']), run
 
-def sample_run(out: str, sampler: str = 'euler', steps: int = 50, n: int = 64, guidance: float = 1., labels=None,
-               seed: int = 0, t_max: float = 1., picture: str | None = 'samples.png'):
-    "Sample a trained run; save a grid (images) or a scatter plot (2-D) to `picture`; return the samples."
+def _load_zoo_model(name: str):
+    "(Denoiser, settings like a run.json's) of a shipped zoo model."
+    from diffkit.zoo import load_zoo
+    D = load_zoo(name)
+    r = D.info.get('recipe', {})
+    shape = [2] if D.info['model'].startswith('MLP') else [D.info['kwargs'].get('in_channels', 1), 16, 16]
+    return D, dict(shape=r.get('shape', shape), num_classes=D.info['kwargs'].get('num_classes', 0))
+
+def sample_run(out: str | None = None, sampler: str = 'euler', steps: int = 50, n: int = 64, guidance: float = 1., labels=None,
+               seed: int = 0, t_max: float = 1., picture: str | None = 'samples.png', zoo: str | None = None):
+    "Sample a trained run (or the shipped zoo model `zoo`); save a grid (images) or a scatter plot (2-D) to `picture`; return the samples."
     fns = sampler_names()
     if sampler not in fns: raise ValueError(f"unknown sampler {sampler!r}: expected one of {sorted(fns)}")
-    model, run = load_run(out)
+    if (out is None) == (zoo is None): raise ValueError("expected exactly one of a run folder (--run) or a zoo model (--zoo)")
+    model, run = load_run(out) if zoo is None else _load_zoo_model(zoo)
     g = torch.Generator().manual_seed(seed)
     x = model.path.prior((n, *run['shape']), generator=g)
     extra = {}
@@ -149,6 +172,74 @@ def sample_run(out: str, sampler: str = 'euler', steps: int = 50, n: int = 64, g
         else: fig = plt.figure(figsize=(5, 5)); show_images(x.clamp(-1, 1), ax=fig.gca(), title=f'{sampler}, {steps} steps, guidance {guidance:g}')
         fig.savefig(picture, dpi=100); plt.close(fig)
     return x
+
+# %% ../nbs/90_cli.ipynb #zoo_cd_01
+def _headline(m: dict) -> str:
+    "A short summary of a zoo record's metrics."
+    if 'unguided' in m:
+        u, c = m['unguided'], m.get('cfg', {})
+        return f"FD {u['fd']:.2f} (floor {u['fd_floor']:.2f}), accuracy {u['acc']:.1%} unguided" + (f", {c['acc']:.1%} CFG" if c else '')
+    if 'sw' in m: return f"SW {m['sw']:.4f} (floor {m['sw_floor']:.4f})"
+    return ''
+
+def zoo_table() -> str:
+    "One line per shipped model: preset, parameters, path and target, headline metric, and the command that retrains it."
+    rows = []
+    for name, info in zoo_models().items():
+        m = info.get('metrics', {})
+        rows.append(f"{name:16} {info['model']:9} {m.get('params', 0) / 1e6:5.2f}M  {info['path']}/{info['target']:9} {_headline(m)}\n"
+                    f"{'':16} retrain: {info['command']}")
+    return '\n'.join(rows)
+
+def zoo_train(name: str, out: str = 'runs/zoo', resume: bool = False, log_every: int = 100, **overrides) -> dict:
+    "Retrain zoo model `name` from its recipe into `out/name/` (resumable), evaluate it, write `out/name.safetensors` + `.json`."
+    models = zoo_models()
+    if name not in models: raise ValueError(f"unknown zoo model {name!r}: expected one of {sorted(models)}")
+    info = models[name]
+    if 'recipe' not in info: raise ValueError(f"zoo model {name!r} has no recipe: retrain it with `{info['command']}`")
+    unknown = set(overrides) - set(info['recipe'])
+    if unknown: raise ValueError(f"overrides: expected recipe keys {sorted(info['recipe'])}, got {sorted(unknown)}")
+    recipe = {**info['recipe'], **overrides}
+    t0, c0 = time.time(), time.process_time()
+    net, losses = train_run(str(Path(out) / name), resume=resume, log_every=log_every, **recipe)
+    net.eval().requires_grad_(False)
+    metrics = dict(params=sum(p.numel() for p in net.parameters()), steps=recipe['steps'], train_seconds=time.time() - t0,
+                   train_cpu_seconds=time.process_time() - c0, final_loss=sum(losses[-100:]) / max(1, len(losses[-100:])))
+    D = Denoiser(net, recipe['path'], recipe['target'])
+    if recipe['dataset'] == 'digits':
+        from diffkit.classifier import evaluate_digits
+        metrics.update(evaluate_digits(D))
+    else: metrics.update({k: v for k, v in evaluate_toy(D, recipe['dataset']).items() if k not in ('samples', 'data')})
+    cmd = f"diffkit zoo train {name}" + ''.join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items())
+    record = dict(model=recipe['model'], kwargs=_model_kwargs(dict(recipe, shape=_data(recipe['dataset'])[1],
+                  num_classes=_data(recipe['dataset'])[2])), path=recipe['path'], target=recipe['target'], recipe=recipe, command=cmd, metrics=metrics)
+    atomic_write(Path(out) / f'{name}.safetensors', st_save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    atomic_write(Path(out) / f'{name}.json', json.dumps(record, indent=1))
+    return record
+
+# %% ../nbs/90_cli.ipynb #bench_cd_1
+def bench_names(root: str | os.PathLike | None = None) -> dict:
+    "Benchmark scripts by name, from `root`/benchmarks (default: the current folder, then the checkout holding this package)."
+    roots = [Path(root)] if root else [Path.cwd(), Path(_samplers.__file__).resolve().parent.parent]
+    for r in roots:
+        if (r / 'benchmarks').is_dir(): return {f.stem: f for f in sorted((r / 'benchmarks').glob('*.py')) if not f.stem.startswith('_')}
+    raise ValueError(f"no benchmarks/ folder in {' or '.join(str(r) for r in roots)}: `diffkit bench` runs the scripts of a source checkout "
+                     "(git clone the repository; a wheel install has none)")
+
+def run_bench(names=(), quick: bool = False, root=None, stream=None) -> dict:
+    "Run benchmark scripts (all when `names` is empty) as subprocesses; return {name: its RESULT line (or the error)}."
+    import subprocess
+    found, stream = bench_names(root), stream or sys.stdout
+    bad = [n for n in names if n not in found]
+    if bad: raise ValueError(f"unknown benchmark {bad[0]!r}: expected one of {sorted(found)}")
+    results = {}
+    for n in (names or list(found)):
+        print(f"== {n}: {sys.executable} {found[n]}{' --quick' if quick else ''}", file=stream, flush=True)
+        p = subprocess.run([sys.executable, str(found[n])] + (['--quick'] if quick else []), capture_output=True, text=True)
+        stream.write(p.stdout[-4000:]); stream.flush()
+        lines = [l for l in p.stdout.splitlines() if l.startswith('RESULT')]
+        results[n] = lines[-1] if p.returncode == 0 and lines else f"FAILED (exit {p.returncode}): {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else 'no RESULT line'}"
+    return results
 
 # %% ../nbs/90_cli.ipynb #be29a245
 def _parser() -> argparse.ArgumentParser:
@@ -170,19 +261,35 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument('--steps', type=int, default=2000)
     t.add_argument('--batch-size', type=int, default=128)
     t.add_argument('--lr', type=float, default=1e-3)
+    t.add_argument('--warmup', type=int, default=None, help='linear warm-up steps (default min(100, steps // 10))')
+    t.add_argument('--ema-decay', type=float, default=0.999)
     t.add_argument('--p-uncond', type=float, default=0.1, help='label dropout for classifier-free guidance')
     t.add_argument('--checkpoint-every', type=int, default=200)
     t.add_argument('--seed', type=int, default=0)
     t.add_argument('--resume', action='store_true', help='continue the run in --out from its newest checkpoint')
     t.add_argument('--config', help='TOML file with any of these options (flags given on the command line win)')
     s = sub.add_parser('sample', help='sample a trained run and save a picture')
-    s.add_argument('--run', required=True, help='run folder written by `diffkit train`')
+    src_ = s.add_mutually_exclusive_group(required=True)
+    src_.add_argument('--run', help='run folder written by `diffkit train`')
+    src_.add_argument('--zoo', help='a shipped model instead (see `diffkit zoo`), e.g. digits_unet_s')
     s.add_argument('--sampler', default='euler', help='one of: ' + ', '.join(sorted(sampler_names())))
     s.add_argument('--steps', type=int, default=50)
     s.add_argument('--n', type=int, default=64)
     s.add_argument('--guidance', type=float, default=1., help='classifier-free guidance scale (1: none)')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--out', default='samples.png')
+    z = sub.add_parser('zoo', help='list the models shipped in the package, or retrain one from its recipe')
+    zs = z.add_subparsers(dest='zoo_command')
+    zs.add_parser('list', help='list the shipped models (the default)')
+    zt = zs.add_parser('train', help='retrain a shipped model from its recipe, evaluate it, write weights + record to --out')
+    zt.add_argument('name', help='a name from `diffkit zoo list`')
+    zt.add_argument('--out', default='runs/zoo', help='folder for the run and the new weights (default runs/zoo)')
+    zt.add_argument('--resume', action='store_true', help='continue an interrupted retrain')
+    zt.add_argument('--steps', type=int, default=None, help='override the recipe\'s training steps (a shorter, different model)')
+    b = sub.add_parser('bench', help='run the benchmarks of a source checkout (diffkit against its peers) and print their RESULT lines')
+    b.add_argument('names', nargs='*', help='benchmark names (default: all); see --list')
+    b.add_argument('--quick', action='store_true', help='the short smoke form of each benchmark')
+    b.add_argument('--list', action='store_true', help='list the benchmarks and exit')
     return p
 
 def _config(p, args, argv):
@@ -208,11 +315,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == 'train':
             train_run(args.out, args.dataset, args.model, args.path, args.target, args.steps, args.batch_size, args.lr, args.p_uncond,
-                      args.seed, args.checkpoint_every, args.resume)
+                      args.seed, args.checkpoint_every, args.resume, warmup=args.warmup, ema_decay=args.ema_decay)
             print(f"trained {args.steps} steps -> {args.out} (sample with: diffkit sample --run {args.out})")
         elif args.command == 'sample':
-            sample_run(args.run, args.sampler, args.steps, args.n, args.guidance, seed=args.seed, picture=args.out)
+            sample_run(args.run, args.sampler, args.steps, args.n, args.guidance, seed=args.seed, picture=args.out, zoo=args.zoo)
             print(f"wrote {args.out}")
+        elif args.command == 'zoo' and args.zoo_command == 'train':
+            rec = zoo_train(args.name, args.out, args.resume, **({'steps': args.steps} if args.steps else {}))
+            print(f"{args.name}: {_headline(rec['metrics'])}; wrote {Path(args.out) / args.name}.safetensors and .json "
+                  f"(copy both into diffkit/assets/ to ship them)")
+        elif args.command == 'zoo': print(zoo_table())
+        elif args.command == 'bench':
+            if args.list: print('\n'.join(bench_names())); return 0
+            for n, line in run_bench(args.names, args.quick).items(): print(f"{n:12} {line}")
     except (ValueError, TypeError, CheckpointError, FileNotFoundError) as e: p.error(str(e))
     except KeyboardInterrupt: return 130
     if args.command == 'demo':

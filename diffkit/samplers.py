@@ -108,7 +108,7 @@ def sample_euler(model, x: Tensor, ts, path: GaussianPath | None = None, extra_a
     B = [(c.t[i + 1] - c.t[i]) * (c.da[i] - c.ds[i] * c.a[i] / c.s[i]) for i in range(n)]
     for i in range(n):
         denoised = model(x, tbs[i], **extra_args)
-        x = A[i] * x + B[i] * denoised
+        x = torch.add(x * A[i], denoised, alpha=B[i])
         if callback is not None: callback(dict(x=x, i=i, t=ts[i], denoised=denoised))
     return x
 
@@ -139,11 +139,11 @@ def sample_heun(model, x: Tensor, ts, path: GaussianPath | None = None, extra_ar
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             x, tb = k_old * x + k_noise * noise, x.new_full((x.shape[0],), t_hat)
         denoised = model(x, tb, **extra_args)
-        d = k1[0] * x + k1[1] * denoised
-        x_next = x + h * d
+        d = torch.add(x * k1[0], denoised, alpha=k1[1])
+        x_next = torch.add(x, d, alpha=h)
         if k2 is not None:
-            d2 = k2[0] * x_next + k2[1] * model(x_next, tbs[i + 1], **extra_args)
-            x_next = x + (h / 2) * (d + d2)
+            d2 = torch.add(x_next * k2[0], model(x_next, tbs[i + 1], **extra_args), alpha=k2[1])
+            x_next = torch.add(x, d.add_(d2), alpha=h / 2)
         x = x_next
         if callback is not None: callback(dict(x=x, i=i, t=ts[i], t_hat=t_hat, denoised=denoised))
     return x
@@ -156,9 +156,9 @@ def _multistep_run(model, x, tbs, ts, extra_args, callback, cx, cd):
         denoised = model(x, tbs[i], **extra_args)
         hist = [denoised] + hist[:2]
         w = cd[i]
-        x = cx[i] * x + w[0] * denoised
+        x = torch.add(x * cx[i], denoised, alpha=w[0])                  # a new tensor: the in-place adds below are safe
         for j in range(1, len(w)):
-            if w[j] != 0: x = x + w[j] * hist[j]
+            if w[j] != 0: x.add_(hist[j], alpha=w[j])
         if callback is not None: callback(dict(x=x, i=i, t=ts[i], denoised=denoised))
     return x
 
@@ -261,12 +261,14 @@ def sample_unipc(model, x: Tensor, ts, path: GaussianPath | None = None, extra_a
         hist = [denoised] + hist[:3]
         if C[i] is not None:
             r, w = C[i]
-            x = r * x_last
-            for j, wj in enumerate(w): x = x + wj * hist[j]
+            x = x_last * r                                             # new tensors: the in-place adds are safe
+            for j, wj in enumerate(w):
+                if wj != 0: x.add_(hist[j], alpha=wj)
         x_last = x
         r, w = P[i]
-        x = r * x
-        for j, wj in enumerate(w): x = x + wj * hist[j]
+        x = x * r
+        for j, wj in enumerate(w):
+            if wj != 0: x.add_(hist[j], alpha=wj)
         if callback is not None: callback(dict(x=x, i=i, t=ts[i], denoised=denoised))
     return x
 
@@ -274,16 +276,10 @@ def sample_unipc(model, x: Tensor, ts, path: GaussianPath | None = None, extra_a
 _AB = {1: [1.], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 def _lagrange_weights(nodes, a, b):
-    "Integrals over [a, b] of the Lagrange basis polynomials on `nodes`."
-    h, u = b - a, [(z - a) / (b - a) for z in nodes]
-    out = []
-    for j, uj in enumerate(u):
-        p = np.poly1d([1.])
-        for m, um in enumerate(u):
-            if m != j: p = p * np.poly1d([1., -um]) / (uj - um)
-        P = p.integ()
-        out.append(h * (P(1.) - P(0.)))
-    return out
+    "Integrals over [a, b] of the Lagrange basis polynomials on `nodes`: exact on polynomials of degree < len(nodes)."
+    h, u = b - a, np.array([(z - a) / (b - a) for z in nodes])
+    V = u[None, :] ** np.arange(len(u))[:, None]                       # V[m, j] = u_j^m
+    return (h * np.linalg.solve(V, 1 / np.arange(1, len(u) + 1))).tolist()   # sum_j w_j u_j^m = h / (m + 1)
 
 def lms_coefs(c: _Coefs, order: int = 4, fixed: bool = False):
     "Weights (on D_i, then eps_i, eps_{i-1}, ...) of LMS (variable steps) or iPNDM (fixed Adams-Bashforth weights)."
@@ -305,9 +301,9 @@ def _eps_multistep_run(model, x, tbs, ts, extra_args, callback, plan):
     hist = []
     for i, (wd, ex, ed, we) in enumerate(plan):
         denoised = model(x, tbs[i], **extra_args)
-        hist = [ex * x - ed * denoised] + hist[:len(we)]
-        x = wd * denoised
-        for j, wj in enumerate(we): x = x + wj * hist[j]
+        hist = [torch.add(x * ex, denoised, alpha=-ed)] + hist[:len(we)]
+        x = denoised * wd                                              # a new tensor: the in-place adds are safe
+        for j, wj in enumerate(we): x.add_(hist[j], alpha=wj)
         if callback is not None: callback(dict(x=x, i=i, t=ts[i], denoised=denoised))
     return x
 

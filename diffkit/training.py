@@ -254,7 +254,7 @@ def fit(self: Trainer, resume: bool | str | os.PathLike = False):
             self.losses.append(self.loss); self.step += 1
             if self.log_every and self.step % self.log_every == 0 and self.rank == 0:
                 recent = self.losses[-self.log_every:]
-                print(f'step {self.step:>6}/{self.steps}  loss {sum(recent) / len(recent):.4f}  {(self.step - k0) / (time.time() - t0):.0f} it/s')
+                print(f'step {self.step:>6}/{self.steps}  loss {sum(recent) / len(recent):.4f}  {(self.step - k0) / (time.time() - t0):.3g} it/s')
             if self.checkpoint_dir and (self.step == self.steps or (self.checkpoint_every and self.step % self.checkpoint_every == 0)): self.save()
             self._hook('after_step')
     except StopTraining: pass

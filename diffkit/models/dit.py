@@ -14,7 +14,7 @@ from ..core import as_time, check_tensor
 from .layers import TimeEmbedding, ClassEmbedding, Attention, modulate, rope_angles_2d
 
 # %% auto #0
-__all__ = ['DiT_S_2', 'DiT_XS_2', 'sincos_pos_embed_2d', 'DiTBlock', 'FinalLayer', 'DiT']
+__all__ = ['DiT_S_2', 'DiT_XS_2', 'DiT_T_2', 'sincos_pos_embed_2d', 'DiTBlock', 'FinalLayer', 'DiT']
 
 # %% ../../nbs/33_models.dit.ipynb #12178b6a
 def sincos_pos_embed_2d(h: int, w: int, dim: int, device=None) -> Tensor:
@@ -121,3 +121,4 @@ class DiT(nn.Module):
 # %% ../../nbs/33_models.dit.ipynb #c98b707c
 DiT_S_2 = partial(DiT, depth=6, hidden_size=192, num_heads=3, patch_size=2)
 DiT_XS_2 = partial(DiT, depth=4, hidden_size=128, num_heads=2, patch_size=2)
+DiT_T_2 = partial(DiT, depth=8, hidden_size=96, num_heads=3, patch_size=2)

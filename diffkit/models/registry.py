@@ -9,13 +9,13 @@ from __future__ import annotations
 from torch import nn
 from .mlp import MLP_S, MLP_M
 from .unet import UNet_S, UNet_M
-from .dit import DiT_S_2, DiT_XS_2
+from .dit import DiT_S_2, DiT_XS_2, DiT_T_2
 
 # %% auto #0
 __all__ = ['MODELS', 'get_model']
 
 # %% ../../nbs/34_models.registry.ipynb #b1788069
-MODELS = {'MLP_S': MLP_S, 'MLP_M': MLP_M, 'UNet_S': UNet_S, 'UNet_M': UNet_M, 'DiT_XS_2': DiT_XS_2, 'DiT_S_2': DiT_S_2}
+MODELS = {'MLP_S': MLP_S, 'MLP_M': MLP_M, 'UNet_S': UNet_S, 'UNet_M': UNet_M, 'DiT_XS_2': DiT_XS_2, 'DiT_T_2': DiT_T_2, 'DiT_S_2': DiT_S_2}
 
 def get_model(name: str, **kwargs) -> nn.Module:
     "Build the preset `name` from `MODELS` with constructor overrides `kwargs`; the result carries `.config`."
