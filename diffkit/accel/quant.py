@@ -256,6 +256,8 @@ class QuantDenoiser(nn.Module):
         self.ctx.mode = 'quant'
     @property
     def path(self): return getattr(self.denoiser, 'path', None)
+    @property
+    def net(self): return getattr(self.denoiser, 'net', self.denoiser)
     def layers(self) -> dict: return {n: m for n, m in self.named_modules() if isinstance(m, QuantLayer)}
     def forward(self, x: Tensor, t, **cond) -> Tensor:
         t = as_time(t, x)
