@@ -114,7 +114,7 @@ def prune_settings(kind, D, a):
         idx = torch.randperm(len(xtr), generator=g)[:64]
         t = torch.rand(64, generator=g)
         xt = D.path.sample(xtr[idx], t, torch.randn(64, 1, 16, 16, generator=g))[0]
-        t0, c0 = time.time(), time.process_time()
+        t0 = time.time()
         imp = output_importance(D, xt, t, y=ytr[idx])
         keep = select_groups(imp, a.unet_prune, group_flops(net, xt[:1], t[:1], y=ytr[idx][:1]))
         small, info = recover(prune_channels(net, keep), net, D.path, xtr, ytr, steps=a.recover_steps, batch_size=a.prune_batch, lr=a.prune_lr)
@@ -142,7 +142,8 @@ def run(kind, a):
     for name, model, size, real, info in rows:
         t0 = time.time()
         sub = name.endswith('*') and not a.all_fd                         # secondary settings: RMSE on the first --n-sub samples only
-        xs = sample(model, x1[:a.n_sub] if sub else x1, y, a.steps)
+        k = a.n_sub if sub else a.n
+        xs = sample(model, x1[:k], y[:k], a.steps)
         q = dict(fd=float('nan'), kid=float('nan'), acc=float('nan')) if sub else digits_quality(xs, y, verbose=name == 'fp32')
         if ref is None: ref = xs
         rmse = float((xs - ref[:len(xs)]).pow(2).flatten(1).mean(1).sqrt().mean())
