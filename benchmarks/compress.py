@@ -175,7 +175,7 @@ def main():
     ap.add_argument('--batch', type=int, default=64, help='batch of the latency measurement')
     ap.add_argument('--repeats', type=int, default=9)
     ap.add_argument('--mask-steps', type=int, default=100)
-    ap.add_argument('--recover-steps', type=int, default=500)
+    ap.add_argument('--recover-steps', type=int, default=1200, help='distillation steps after pruning (1200: ~9 min on one thread for the DiT, mask included)')
     ap.add_argument('--prune-batch', type=int, default=32)
     ap.add_argument('--prune-lr', type=float, default=5e-4)
     ap.add_argument('--warm-start', action='store_true', help='recover the DiT from the weights trained jointly with the mask')
