@@ -27,7 +27,11 @@ Ends with one line: RESULT toy_sw1_over_floor=... digits_fd1_over_teacher=... di
 Measured (2026-11-30, `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/distill.py --quick`, 2 shared cores under load from
 other jobs; 528 s wall, 359 s CPU): RESULT toy_sw1_over_floor=2.504 toy_sw_teacher_over_floor=0.832 toy_floor=0.0547
 digits_fd1_over_teacher=3.652 digits_fd4_over_teacher=1.052 digits_fd_teacher=1.380 digits_fd_floor=2.365 mode=quick
-(quick budgets: 300 toy steps, 10-60 digits steps, digits FD over n = 200). The full runs have not been made yet.
+(quick budgets: 300 toy steps, 10-60 digits steps, digits FD over n = 200).
+Full toy part (2026-11-30, `OMP_NUM_THREADS=1 python benchmarks/distill.py --part toy`, 32 min wall, 27 CPU-min, partly
+beside another job): one step SW 0.0450 (InstaFlow), 0.0448 (trajectory distillation), 0.0491 (2-RF), 0.0549
+(progressive), 0.172 (CD), 0.233 (iCT), 0.395 (MeanFlow) against a data floor of 0.0547 and the 50-step teacher's 0.0455:
+RESULT toy_sw1_over_floor=0.819 toy_sw_teacher_over_floor=0.832 toy_floor=0.0547. The full digits part has not been run.
 """
 import argparse, copy, math, sys, time
 from pathlib import Path
