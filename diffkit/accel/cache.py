@@ -139,15 +139,9 @@ class DeltaDiT(CachePolicy):
 
 # %% ../../nbs/70_accel.cache.ipynb #12f08158
 @dataclass
-class TaylorSeer(CachePolicy):
-    "Forecast the span's features between full calls by a Taylor expansion from finite differences (TaylorSeer, Liu et al. 2025)."
-    order: int = 1                    # Taylor order (0: plain reuse, as FORA).
-    interval: int = 3                 # A full computation every `interval` calls.
-    start: int = 0                    # First cached unit (UNet: the DeepCache branch; DiT: the first cached block).
-    stop: int | None = None           # End of the cached span (None: to the last block).
-    steps: tuple | None = None        # Explicit call indices to recompute; overrides `interval`.
-    warmup: int = 0                   # Recompute the first `warmup` calls.
-    def span(self, n, i, t): return _span(self.start, self.stop, n)
+class TaylorSeer(FORA):
+    "FORA's schedule and span, with the features between full calls forecast by a Taylor expansion from finite differences (TaylorSeer, Liu et al. 2025)."
+    order: int = 1                    # Taylor order (0: plain reuse, which is FORA).
 
 @dataclass
 class GatedTaylorSeer(CachePolicy):
