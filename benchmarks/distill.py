@@ -73,8 +73,11 @@ class Setup:
     def denoiser(self, net): return Denoiser(net, self.path, self.target)
 
 
-def students(S, log):
-    "Train every student; return {name: dict(maps={k: flow map}, renoise=bool, steps=int, wall=, cpu=)} and the cost of the pairs."
+STUDENTS = ('rf2', 'insta', 'traj', 'pd', 'cd', 'ict', 'meanflow')
+
+
+def students(S, log, which=STUDENTS):
+    "Train the students named in `which` (InstaFlow needs 2-RF); return {name: dict(maps={k: flow map}, renoise=bool, steps=int, wall=, cpu=)} and the cost of the pairs."
     out = {}
     cost = {}
     with Clock() as c:                                    # the teacher's runs: (x0, x1) pairs and the states on the 4-step grid
@@ -90,47 +93,55 @@ def students(S, log):
 
     cond = lambda f: {k: v for k, v in f.items() if k not in ('x0', 'x1', 'x', 'xs', 't', 's')}
     # 2-rectified flow, initialised from the base network
-    with Clock() as c:
-        rf2 = S.fit(S.base_copy(), lambda m, b, g: reflow_loss(m, S.path, **unpack(b), target=S.target, generator=g), S.steps, pairs)
-    record('2-rectified flow', {k: DDIMMap(S.denoiser(rf2)) for k in KS}, c, S.steps)
+    if 'rf2' in which or 'insta' in which:
+        with Clock() as c:
+            rf2 = S.fit(S.base_copy(), lambda m, b, g: reflow_loss(m, S.path, **unpack(b), target=S.target, generator=g), S.steps, pairs)
+        record('2-rectified flow', {k: DDIMMap(S.denoiser(rf2)) for k in KS}, c, S.steps)
     # InstaFlow: 2-RF distilled to one step on the same pairs
-    with Clock() as c:
-        def insta_loss(m, b, g):
-            f = unpack(b)
-            return distill_loss(DDIMMap(S.denoiser(m)), f['x1'], f['x0'], **cond(f))
-        insta = S.fit(copy.deepcopy(rf2), insta_loss, S.steps // 2, pairs)
-    c.wall += out['2-rectified flow']['wall']; c.cpu += out['2-rectified flow']['cpu']
-    record('InstaFlow (2-RF + 1-step)', {1: DDIMMap(S.denoiser(insta))}, c, S.steps + S.steps // 2)
+    if 'insta' in which:
+        with Clock() as c:
+            def insta_loss(m, b, g):
+                f = unpack(b)
+                return distill_loss(DDIMMap(S.denoiser(m)), f['x1'], f['x0'], **cond(f))
+            insta = S.fit(copy.deepcopy(rf2), insta_loss, S.steps // 2, pairs)
+        c.wall += out['2-rectified flow']['wall']; c.cpu += out['2-rectified flow']['cpu']
+        record('InstaFlow (2-RF + 1-step)', {1: DDIMMap(S.denoiser(insta))}, c, S.steps + S.steps // 2)
     # trajectory distillation: per step count k, DDIM jumps of the k-grid regressed onto the teacher's states
-    with Clock() as c:
-        maps = {}
-        for k in KS:
-            data_k, unpack_k = pack(**trajectory_jumps(states, k, **S.noise_cond))
-            def traj_loss(m, b, g, unpack_k=unpack_k):
-                f = unpack_k(b)
-                return distill_loss(DDIMMap(S.denoiser(m)), f['x'], f['xs'], f['t'], f['s'], **cond(f))
-            maps[k] = DDIMMap(S.denoiser(S.fit(S.base_copy(), traj_loss, S.steps, data_k)))
-    record('trajectory distillation (k = 1, 2, 4)', maps, c, 3 * S.steps)
+    if 'traj' in which:
+        with Clock() as c:
+            maps = {}
+            for k in KS:
+                data_k, unpack_k = pack(**trajectory_jumps(states, k, **S.noise_cond))
+                def traj_loss(m, b, g, unpack_k=unpack_k):
+                    f = unpack_k(b)
+                    return distill_loss(DDIMMap(S.denoiser(m)), f['x'], f['xs'], f['t'], f['s'], **cond(f))
+                maps[k] = DDIMMap(S.denoiser(S.fit(S.base_copy(), traj_loss, S.steps, data_k)))
+        record('trajectory distillation (k = 1, 2, 4)', maps, c, 3 * S.steps)
     # progressive distillation: rounds from the teacher's 2 * 64-step DDIM to one step, each round from the last weights
-    with Clock() as c:
-        pd = progressive_distillation(S.teacher, S.data, steps=S.pd_start, init=S.base_net, target=S.target, unpack=S.unpack,
-                                      train_steps=S.pd_round_steps, batch_size=S.batch_size, lr=S.lr, warmup=20,
-                                      ema_decay=S.ema_decay, generator=torch.Generator().manual_seed(0))
-    record(f'progressive ({S.pd_start} -> 1 steps)', {k: DDIMMap(pd[k]) for k in KS if k in pd}, c, S.pd_round_steps * int(math.log2(S.pd_start)))
-    out[f'progressive ({S.pd_start} -> 1 steps)']['per_k_cpu'] = {k: pd[k].train_info['cpu_s'] for k in KS if k in pd}
+    if 'pd' in which:
+        with Clock() as c:
+            pd = progressive_distillation(S.teacher, S.data, steps=S.pd_start, init=S.base_net, target=S.target, unpack=S.unpack,
+                                          train_steps=S.pd_round_steps, batch_size=S.batch_size, lr=S.lr, warmup=20,
+                                          ema_decay=S.ema_decay, generator=torch.Generator().manual_seed(0))
+        name = f'progressive ({S.pd_start} -> 1 steps)'
+        record(name, {k: DDIMMap(pd[k]) for k in KS if k in pd}, c, S.pd_round_steps * int(math.log2(S.pd_start)))
+        out[name]['per_k_cpu'] = {k: pd[k].train_info['cpu_s'] for k in KS if k in pd}
     # consistency distillation and training (iCT), multistep sampling re-noises
-    for name, teacher, init in (('consistency distillation', S.teacher, S.base_copy()), ('consistency training (iCT)', None, S.ict_init())):
+    for key, name, teacher, init in (('cd', 'consistency distillation', S.teacher, S.base_copy),
+                                     ('ict', 'consistency training (iCT)', None, S.ict_init)):
+        if key not in which: continue
         with Clock() as c:
             loss = ConsistencyLoss(S.path, S.target, teacher=teacher, s1=S.ct_s1, unpack=S.unpack)
-            cm = S.fit(init, loss, S.steps, callbacks=[loss])
+            cm = S.fit(init(), loss, S.steps, callbacks=[loss])
         record(name, {k: DDIMMap(S.denoiser(cm)) for k in KS}, c, S.steps, renoise=True)
     # MeanFlow distilled from the teacher's velocity, initialised from the base network
-    with Clock() as c:
-        def mf_loss(m, b, g):
-            f = S.unpack(b); x0 = f.pop('x0')
-            return meanflow_loss(m, x0, g, teacher=S.teacher, p_equal=0.25, **f)
-        mf = S.fit(MeanFlowMap(TwoTimeNet(S.base_copy()), S.path, S.target), mf_loss, S.mf_steps)
-    record('MeanFlow (distilled)', {k: mf for k in KS}, c, S.mf_steps)
+    if 'meanflow' in which:
+        with Clock() as c:
+            def mf_loss(m, b, g):
+                f = S.unpack(b); x0 = f.pop('x0')
+                return meanflow_loss(m, x0, g, teacher=S.teacher, p_equal=0.25, **f)
+            mf = S.fit(MeanFlowMap(TwoTimeNet(S.base_copy()), S.path, S.target), mf_loss, S.mf_steps)
+        record('MeanFlow (distilled)', {k: mf for k in KS}, c, S.mf_steps)
     return out, cost
 
 
@@ -206,7 +217,7 @@ def digits_setup(mode):
     return S
 
 
-def run_part(part, mode, log):
+def run_part(part, mode, log, which=STUDENTS):
     S = toy_setup(mode) if part == 'toy' else digits_setup(mode)
     with torch.no_grad():
         with Clock() as c:
@@ -216,7 +227,7 @@ def run_part(part, mode, log):
         few = {k: S.metric(sample_dpmpp_2m(S.teacher, S.eval_noise, uniform_grid(k), extra_args=S.eval_cond)) for k in KS}
     log(f"{part}: teacher 50 steps {teacher_q:.4f} (floor {S.floor:.4f}), {c.wall:.0f} s wall {c.cpu:.0f} s CPU; "
         f"1, 2, 4 steps {', '.join(f'{v:.4f}' for v in few.values())}")
-    table, cost = students(S, log)
+    table, cost = students(S, log, which)
     res = evaluate(S, table, log)
     res = {'teacher, DPM-Solver++(2M) (no training)': few, **res}
     table = {'teacher, DPM-Solver++(2M) (no training)': dict(steps=0, wall=0., cpu=0.), **table}
@@ -234,24 +245,30 @@ def main():
     ap.add_argument('--quick', action='store_true', help='small budgets: a few CPU-minutes')
     ap.add_argument('--smoke', action='store_true', help='tiny budgets, for the tests: seconds')
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--students', default=','.join(STUDENTS),
+                    help=f'comma-separated subset of {",".join(STUDENTS)} (insta trains rf2 first); default: all')
     a = ap.parse_args()
+    which = tuple(w.strip() for w in a.students.split(',') if w.strip())
+    if not which or set(which) - set(STUDENTS):
+        ap.error(f"--students: expected a comma-separated subset of {','.join(STUDENTS)}, got {a.students!r}")
     torch.set_num_threads(a.threads)
     log = lambda s: print(f'[{time.strftime("%H:%M:%S")}] {s}', flush=True)
     parts = ('toy', 'digits') if a.part == 'all' else (a.part,)
     out = {}
     mode = 'smoke' if a.smoke else 'quick' if a.quick else 'full'
-    for p in parts: out[p] = run_part(p, mode, log)
+    for p in parts: out[p] = run_part(p, mode, log, which)
     fields = []
     student = lambda res: {n: q for n, q in res.items() if not n.startswith('teacher')}
     if 'toy' in out:
         tq, floor, res = out['toy']
-        best1 = min(q[1] for q in student(res).values() if 1 in q)
+        best1 = min((q[1] for q in student(res).values() if 1 in q), default=math.nan)
         fields += [f'toy_sw1_over_floor={best1 / floor:.3f}', f'toy_sw_teacher_over_floor={tq / floor:.3f}', f'toy_floor={floor:.4f}']
     if 'digits' in out:
         tq, floor, res = out['digits']
-        best1, best4 = (min(q[k] for q in student(res).values() if k in q) for k in (1, 4))
+        best1, best4 = (min((q[k] for q in student(res).values() if k in q), default=math.nan) for k in (1, 4))
         fields += [f'digits_fd1_over_teacher={best1 / tq:.3f}', f'digits_fd4_over_teacher={best4 / tq:.3f}', f'digits_fd_teacher={tq:.3f}',
                    f'digits_fd_floor={floor:.3f}']
+    if which != STUDENTS: fields.append(f"students={','.join(which)}")
     print('RESULT ' + ' '.join(fields) + ('' if mode == 'full' else f' mode={mode}'))
 
 

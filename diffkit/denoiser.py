@@ -8,7 +8,7 @@ Docs: https://diffkit.github.io/diffkit/denoiser.html.md"""
 from __future__ import annotations
 import torch
 from torch import nn, Tensor
-from .core import append_dims, as_time, check_tensor
+from .core import append_dims, as_time, check_tensor, time_value
 from .paths import GaussianPath, check_prediction, convert, get_path
 
 # %% auto #0
@@ -26,17 +26,19 @@ class Denoiser(nn.Module):
         t = as_time(t, x)
         return convert(self.net(x, t, **cond), self.target, kind, x, t, self.path)
     def forward(self, x: Tensor, t, **cond) -> Tensor:
-        "The denoised estimate x0 = A(t) x + B(t) pred: on CPU batches sharing one time A, B are floats memoised per time."
+        "The denoised estimate x0 = A(t) x + B(t) pred; where the batch shares one known time, A and B are floats memoised per time."
+        lo = time_value(t)                             # a sampler's stamped grid time (core.grid_times): its value, no read-back
         t = as_time(t, x)
         pred = self.net(x, t, **cond)
         if self.target == 'x0': return pred
-        c = self._affine(t)
+        c = self._affine(t, lo)
         if c is None: return convert(pred, self.target, 'x0', x, t, self.path)
         return torch.add(x * c[0], pred, alpha=c[1])
-    def _affine(self, t: Tensor):
-        if t.device.type != 'cpu' or not t.numel() or torch.compiler.is_compiling(): return None
-        lo, hi = (float(v) for v in torch.aminmax(t))
-        if lo != hi: return None
+    def _affine(self, t: Tensor, lo: float | None = None):
+        if lo is None:                                 # read the time back only on CPU (no host sync on accelerators)
+            if t.device.type != 'cpu' or not t.numel() or torch.compiler.is_compiling(): return None
+            lo, hi = (float(v) for v in torch.aminmax(t))
+            if lo != hi: return None
         c = self._memo.get(lo)
         if c is None:                                  # convert is linear in (x, pred): read A and B off two unit inputs
             if len(self._memo) > 4096: self._memo.clear()

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
-from .core import check_grid, check_tensor
+from .core import check_grid, check_tensor, grid_times
 from .paths import GaussianPath
 
 # %% auto #0
@@ -94,7 +94,7 @@ def _setup(model, x, ts, path, extra_args):
     path = path if path is not None else getattr(model, 'path', None)
     if not isinstance(path, GaussianPath): raise TypeError(f"path: expected a GaussianPath (or a model with .path), got {type(path).__name__}")
     if extra_args is not None and not isinstance(extra_args, dict): raise TypeError(f"extra_args: expected a dict, got {type(extra_args).__name__}")
-    tbs = [x.new_full((x.shape[0],), t) for t in ts]
+    tbs = grid_times(x, ts)
     return ts, path, extra_args or {}, tbs
 
 # %% ../nbs/50_samplers.ipynb #ec2c2883
@@ -179,10 +179,10 @@ def dpmpp_coefs(c: _Coefs, order: int = 2):
             r0 = h[i - 1] / hh
             if fin(i - 2):
                 phi3, r1 = phi2 / hh - 0.5, h[i - 2] / hh
-                D = np.eye(3)
-                d10, d11 = (D[0] - D[1]) / r0, (D[1] - D[2]) / r1
-                d1, d2 = d10 + (d10 - d11) * r0 / (r0 + r1), (d10 - d11) / (r0 + r1)
-                w = (base * D[0] + ai * (phi2 * d1 - 2 * phi3 * d2)).tolist()
+                d10, d11 = [1 / r0, -1 / r0, 0.], [0., 1 / r1, -1 / r1]            # divided differences as weights on D_i, D_i-1, D_i-2
+                dd = [u - v for u, v in zip(d10, d11)]
+                d1, d2 = [u + v * r0 / (r0 + r1) for u, v in zip(d10, dd)], [v / (r0 + r1) for v in dd]
+                w = [base * (j == 0) + ai * (phi2 * d1[j] - 2 * phi3 * d2[j]) for j in range(3)]
             else: w = [base + ai * phi2 / r0, -ai * phi2 / r0]
         else: w = [base]
         cx.append(r); cd.append(w)
@@ -203,6 +203,21 @@ def sample_dpmpp_3m(model, x: Tensor, ts, path: GaussianPath | None = None, extr
     return _multistep_run(model, x, tbs, ts, extra_args, callback, *dpmpp_coefs(_Coefs(path, ts), 3))
 
 # %% ../nbs/50_samplers.ipynb #5c4ddc92
+def _solve(A, b):
+    "Solve a small dense system A w = b (lists; Gaussian elimination with partial pivoting): no numpy call per step."
+    n = len(b)
+    M = [list(map(float, row)) + [float(v)] for row, v in zip(A, b)]
+    for j in range(n):
+        p = max(range(j, n), key=lambda r: abs(M[r][j]))
+        if M[p][j] == 0: raise ValueError("a singular system in the solver weights: repeated times in the grid?")
+        M[j], M[p] = M[p], M[j]
+        for r in range(j + 1, n):
+            f = M[r][j] / M[j][j]
+            M[r] = [u - f * v for u, v in zip(M[r], M[j])]
+    w = [0.] * n
+    for j in reversed(range(n)): w[j] = (M[j][n] - sum(M[j][k] * w[k] for k in range(j + 1, n))) / M[j][j]
+    return w
+
 def _unipc_weights(lam, i, t_idx, order, corrector):
     "UniP (corrector=False) or UniC weights for the step s0=i -> t_idx (Zhao et al. 2023, Alg. 2/3, B(h)=e^-h - 1)."
     h = lam[t_idx] - lam[i]
@@ -215,10 +230,10 @@ def _unipc_weights(lam, i, t_idx, order, corrector):
         b.append(h_phi_k * fact / B_h)
         fact *= k + 1
         h_phi_k = h_phi_k / hh - 1 / fact
-    R = np.array([[r ** (k - 1) for r in rks] for k in range(1, order + 1)])
-    if corrector: rhos = [0.5] if order == 1 else np.linalg.solve(R, np.array(b)).tolist()
+    R = [[r ** (k - 1) for r in rks] for k in range(1, order + 1)]
+    if corrector: rhos = [0.5] if order == 1 else _solve(R, b)
     elif order == 1: rhos = []
-    else: rhos = [0.5] if order == 2 else np.linalg.solve(R[:-1, :-1], np.array(b[:-1])).tolist()
+    else: rhos = [0.5] if order == 2 else _solve([row[:-1] for row in R[:-1]], b[:-1])
     return h_phi_1, B_h, rks, rhos
 
 def unipc_coefs(c: _Coefs, order: int = 2, disable_corrector=(), lower_order_final: bool = True):
@@ -276,23 +291,34 @@ def sample_unipc(model, x: Tensor, ts, path: GaussianPath | None = None, extra_a
 _AB = {1: [1.], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 def _lagrange_weights(nodes, a, b):
-    "Integrals over [a, b] of the Lagrange basis polynomials on `nodes`: exact on polynomials of degree < len(nodes)."
-    h, u = b - a, np.array([(z - a) / (b - a) for z in nodes])
-    V = u[None, :] ** np.arange(len(u))[:, None]                       # V[m, j] = u_j^m
-    return (h * np.linalg.solve(V, 1 / np.arange(1, len(u) + 1))).tolist()   # sum_j w_j u_j^m = h / (m + 1)
+    "Integrals over [a, b] of the Lagrange basis polynomials on `nodes` (last axis; leading axes are a batch of steps)."
+    nodes, a, b = np.asarray(nodes, float), np.asarray(a, float)[..., None], np.asarray(b, float)[..., None]
+    k = nodes.shape[-1]
+    h, u = b - a, (nodes - a) / (b - a)
+    V = u[..., None, :] ** np.arange(k)[:, None]                       # V[..., m, j] = u_j^m
+    rhs = np.broadcast_to(1 / np.arange(1, k + 1), V.shape[:-1])[..., None]
+    return (h * np.linalg.solve(V, rhs)[..., 0]).tolist()             # sum_j w_j u_j^m = h / (m + 1): exact below degree k
 
 def lms_coefs(c: _Coefs, order: int = 4, fixed: bool = False):
     "Weights (on D_i, then eps_i, eps_{i-1}, ...) of LMS (variable steps) or iPNDM (fixed Adams-Bashforth weights)."
     st = [s / a if a > 0 else math.inf for a, s in zip(c.a, c.s)]
-    plan = []
+    ks = []                                                            # order used at each step (warm-up, and none at sigma/alpha >= 1e4)
     for i in range(len(c.t) - 1):
         k = 1
         while k < min(order, i + 1) and st[i] < 1e4 and st[i - k] < 1e4: k += 1
+        ks.append(k)
+    W = {}
+    if not fixed:                                                      # one batched solve per order for the whole grid
+        for k in set(ks) - {1}:
+            idx = [i for i, kk in enumerate(ks) if kk == k]
+            W.update(zip(idx, _lagrange_weights([st[i - k + 1:i + 1][::-1] for i in idx], [st[i] for i in idx], [st[i + 1] for i in idx])))
+    plan = []
+    for i, k in enumerate(ks):
         a1 = c.a[i + 1]
         if k == 1: we = [c.s[i + 1]]                      # DDIM
         else:
             h = st[i + 1] - st[i]
-            w = [h * v for v in _AB[k]] if fixed else _lagrange_weights(st[i - k + 1:i + 1][::-1], st[i], st[i + 1])
+            w = [h * v for v in _AB[k]] if fixed else W[i]
             we = [c.s[i + 1] + a1 * (w[0] - h)] + [a1 * v for v in w[1:]]
         plan.append((a1, 1 / c.s[i], c.a[i] / c.s[i], we))
     return plan
@@ -331,7 +357,7 @@ def sample_rf_solver(model, x: Tensor, ts, path: GaussianPath | None = None, ext
     ts, path, extra_args, tbs = _setup(model, x, ts, path, extra_args)
     n = len(ts) - 1
     plan = [(ts[i + 1] - ts[i], _vel(path, ts[i]), (ts[i] + ts[i + 1]) / 2, _vel(path, (ts[i] + ts[i + 1]) / 2)) for i in range(n)]
-    mids = [x.new_full((x.shape[0],), p[2]) for p in plan]
+    mids = grid_times(x, [p[2] for p in plan])
     for i, (h, k1, tm, k2) in enumerate(plan):
         denoised = model(x, tbs[i], **extra_args)
         u = k1[0] * x + k1[1] * denoised
@@ -401,7 +427,7 @@ def sample_flow_map(model, x: Tensor, ts, path: GaussianPath | None = None, extr
     check_tensor(x, 'x', min_ndim=2)
     ts = check_grid(ts).tolist()
     extra_args = extra_args or {}
-    tbs = [x.new_full((x.shape[0],), t) for t in ts]
+    tbs = grid_times(x, ts)
     zero = x.new_zeros((x.shape[0],))
     if renoise:
         path = path if path is not None else getattr(model, 'path', None)

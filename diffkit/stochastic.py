@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import torch
 from torch import Tensor
-from .core import check_tensor
+from .core import check_tensor, grid_times
 from .paths import GaussianPath, VP
 from .samplers import check_grid
 from .variational import DiscreteVP
@@ -130,8 +130,9 @@ def _ancestral(model, x, ts, path, extra_args, callback, eta, noise_sampler, gen
         r2 = (a[i] * s[i + 1]) ** 2 / ((a[i + 1] * s[i]) ** 2) if a[i + 1] > 0 else math.inf
         c = min(s[i + 1], eta * s[i + 1] * math.sqrt(max(0., 1. - r2)))
         coefs.append((a[i], s[i], a[i + 1], math.sqrt(max(0., s[i + 1] ** 2 - c ** 2)), c))
+    tbs = grid_times(x, ts[:-1])
     for i, (ai, si, an, dn, c) in enumerate(coefs):
-        tb = x.new_full((x.shape[0],), ts[i])
+        tb = tbs[i]
         denoised = model(x, tb, **extra_args)
         x = an * denoised + dn * ((x - ai * denoised) / si)
         if c > 0: x = x + (c * s_noise) * noise(ts[i], ts[i + 1])
@@ -183,8 +184,9 @@ def sample_euler_maruyama(model, x: Tensor, ts, path: GaussianPath | None = None
     coefs = [em_coefs(path, ts[i], ts[i + 1], g2[i] / 2) for i in range(len(g2))]   # eps = g^2 / 2, in closed form
     noise = _noise(noise_sampler, x, generator) if any(v > 0 for v in g2[:-1]) else None
     n = len(ts) - 1
+    tbs = grid_times(x, ts[:-1])
     for i, (cx, cd, std) in enumerate(coefs):
-        tb = x.new_full((x.shape[0],), ts[i])
+        tb = tbs[i]
         denoised = model(x, tb, **extra_args)
         x = cx * x + cd * denoised                              # x_next = cx x + cd D (+ noise)
         if i < n - 1 and std > 0: x = x + std * noise(ts[i], ts[i + 1])
@@ -222,8 +224,9 @@ def sample_dpmpp_2m_sde(model, x: Tensor, ts, path: GaussianPath | None = None, 
     coefs = _dpm_coefs(a, s, eta)
     noise = _noise(noise_sampler, x, generator) if eta > 0 else None
     old, h_last = None, math.inf
+    tbs = grid_times(x, ts[:-1])
     for i, (cx, cd, cn, h) in enumerate(coefs):
-        tb = x.new_full((x.shape[0],), ts[i])
+        tb = tbs[i]
         denoised = model(x, tb, **extra_args)
         x = cx * x + cd * denoised
         if old is not None and math.isfinite(h) and math.isfinite(h_last) and s[i + 1] > 0:
@@ -245,8 +248,9 @@ def sample_dpmpp_3m_sde(model, x: Tensor, ts, path: GaussianPath | None = None, 
     coefs = _dpm_coefs(a, s, eta)
     noise = _noise(noise_sampler, x, generator) if eta > 0 else None
     hist = []                                   # [(denoised, h)] of the last finite steps, newest first
+    tbs = grid_times(x, ts[:-1])
     for i, (cx, cd, cn, h) in enumerate(coefs):
-        tb = x.new_full((x.shape[0],), ts[i])
+        tb = tbs[i]
         denoised = model(x, tb, **extra_args)
         x = cx * x + cd * denoised
         if hist and math.isfinite(h) and s[i + 1] > 0:
