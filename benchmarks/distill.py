@@ -21,6 +21,7 @@ student, cumulative over rounds for progressive distillation, and the teacher ru
 
     python benchmarks/distill.py --part toy          # ~15 CPU-minutes
     python benchmarks/distill.py --part digits       # ~2 CPU-hours: run niced, 1 thread
+    python benchmarks/distill.py --part digits --students insta,traj   # the regression students only: ~25 CPU-minutes
     python benchmarks/distill.py --quick             # small budgets, both parts (~5 CPU-minutes); --smoke: seconds (tests)
 Ends with one line: RESULT toy_sw1_over_floor=... digits_fd1_over_teacher=... digits_fd4_over_teacher=... ...
 
@@ -31,7 +32,12 @@ digits_fd1_over_teacher=3.652 digits_fd4_over_teacher=1.052 digits_fd_teacher=1.
 Full toy part (2026-11-30, `OMP_NUM_THREADS=1 python benchmarks/distill.py --part toy`, 32 min wall, 27 CPU-min, partly
 beside another job): one step SW 0.0450 (InstaFlow), 0.0448 (trajectory distillation), 0.0491 (2-RF), 0.0549
 (progressive), 0.172 (CD), 0.233 (iCT), 0.395 (MeanFlow) against a data floor of 0.0547 and the 50-step teacher's 0.0455:
-RESULT toy_sw1_over_floor=0.819 toy_sw_teacher_over_floor=0.832 toy_floor=0.0547. The full digits part has not been run.
+RESULT toy_sw1_over_floor=0.819 toy_sw_teacher_over_floor=0.832 toy_floor=0.0547.
+Digits, regression students at full budgets (2026-12-01, `OMP_NUM_THREADS=1 nice -n 5 python benchmarks/distill.py --part digits
+--students insta,traj`, 24 min wall beside other jobs): teacher 50 steps FD 0.774 (floor 0.703, n = 1000); one step 0.954
+(InstaFlow, 310 CPU-s with its 2-RF), 0.981 (trajectory distillation); four steps 0.774 (trajectory distillation), 0.866
+(2-RF); teacher pairs 121 CPU-s: RESULT digits_fd1_over_teacher=1.232 digits_fd4_over_teacher=1.000 digits_fd_teacher=0.774
+digits_fd_floor=0.703 students=insta,traj. All seven students at full budgets (no --students) were not run.
 """
 import argparse, copy, math, sys, time
 from pathlib import Path
