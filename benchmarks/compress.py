@@ -16,6 +16,19 @@ Pruning: the DiT is cut to half its depth by a learned 1:2 layer mask (TinyFusio
 the unpruned model for a fixed number of steps (wall and CPU seconds printed: the budget is 10 minutes on 2 cores);
 the UNet loses a share of its residual-block FLOPs by output-space importance, then recovers the same way.
 Ends with one line: RESULT unet_w8a8_size=... unet_w8a8_fd_change_pct=... dit_prune_fd_change_pct=... ...
+
+Measured (2026-12-01, 2-core machine, the two models in two processes side by side, one thread each):
+`OMP_NUM_THREADS=1 python benchmarks/compress.py --models unet` (780 CPU-s) and `... --models dit` (898 CPU-s).
+  UNet (fp32 FD 0.963): W8A8 4 time groups FD -0.1%, 3.86x smaller, RMSE 0.0052 vs 0.0098 with one input range;
+  W7A8 real int8 (oneDNN) 1.11x faster, FD -1.0%; W4 per channel 7.40x, FD +36.7%; W4 group-64 asym 6.73x, +8.7%;
+  W4 twin-log 7.17x, +6.4%; channels -30% of block FLOPs + 1200 distillation steps: FD -0.2%, 1.10x faster.
+  DiT (fp32 FD 1.882): W8A8 4 time groups FD +0.1%, 3.82x smaller, RMSE 0.0061 vs 0.0098 with one range; W7A8 int8
+  1.04x; W4 per channel 7.27x, +27.6%; group-64 asym 5.55x, +24.0%; twin-log 6.84x, +59.6%; torch.ao dynamic int8
+  3.89x, +2.0%, 1.14x; depth 8 -> 4 (blocks 1, 2, 5, 7) + 1700 distillation steps: FD 2.075 (+10.3%), 1.97x faster,
+  0.50x FLOPs, 583 s on one thread with the mask.
+RESULT unet_w8a8_size=3.86 unet_w8a8_fd_change_pct=-0.11 unet_timegroups_rmse_ratio=0.527 unet_w4_size=7.40
+unet_w4_fd_change_pct=36.73 dit_w8a8_size=3.82 dit_w8a8_fd_change_pct=0.06 dit_timegroups_rmse_ratio=0.621 dit_w4_size=7.27
+dit_w4_fd_change_pct=27.57 dit_prune_fd_change_pct=10.27 dit_prune_latency=1.97 dit_prune_flops=0.501 dit_prune_wall_s=583 (abridged)
 """
 import argparse, copy, sys, time
 from pathlib import Path
@@ -23,7 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from diffkit.accel.prune import (group_flops, learn_layer_mask, output_importance, prune_channels,  # noqa: E402
+from diffkit.accel.prune import (depth_match, group_flops, learn_layer_mask, output_importance, prune_channels,  # noqa: E402
                                  prune_depth, recover, select_groups)
 from diffkit.accel.quant import (QuantDenoiser, calibrate, compare_latency, int8_available, int8_weight_bits,  # noqa: E402
                                  packed_state_dict, state_bytes, to_int8)
@@ -106,9 +119,11 @@ def prune_settings(kind, D, a):
         mask, student, _ = learn_layer_mask(net, net, D.path, xtr, ytr, keep=keep, group=2, steps=a.mask_steps, batch_size=a.prune_batch, seed=0)
         kept = mask.best()
         small = prune_depth(student if a.warm_start else net, kept)
-        small, info = recover(small, net, D.path, xtr, ytr, steps=a.recover_steps, batch_size=a.prune_batch, lr=a.prune_lr)
-        info.update(mask_wall_s=mask.info['wall_s'], mask_cpu_s=mask.info['cpu_s'], mask_steps=a.mask_steps, kept=kept)
-        name = f'depth {len(net.blocks)} -> {len(kept)} (TinyFusion 1:2) + {a.recover_steps} distillation steps'
+        steps, lr = a.recover_steps or 1700, a.prune_lr or 2e-3
+        match = depth_match(kept, 2) if a.match_weight > 0 else None
+        small, info = recover(small, net, D.path, xtr, ytr, steps=steps, batch_size=a.prune_batch, lr=lr, match=match, match_weight=a.match_weight)
+        info.update(mask_wall_s=mask.info['wall_s'], mask_cpu_s=mask.info['cpu_s'], mask_steps=a.mask_steps, kept=kept, match_weight=a.match_weight)
+        name = f'depth {len(net.blocks)} -> {len(kept)} (TinyFusion 1:2) + {steps} distillation steps'
     else:
         g = torch.Generator().manual_seed(3)
         idx = torch.randperm(len(xtr), generator=g)[:64]
@@ -117,9 +132,10 @@ def prune_settings(kind, D, a):
         t0 = time.time()
         imp = output_importance(D, xt, t, y=ytr[idx])
         keep = select_groups(imp, a.unet_prune, group_flops(net, xt[:1], t[:1], y=ytr[idx][:1]))
-        small, info = recover(prune_channels(net, keep), net, D.path, xtr, ytr, steps=a.recover_steps, batch_size=a.prune_batch, lr=a.prune_lr)
+        steps, lr = a.recover_steps or 1200, a.prune_lr or 5e-4
+        small, info = recover(prune_channels(net, keep), net, D.path, xtr, ytr, steps=steps, batch_size=a.prune_batch, lr=lr)
         info.update(importance_wall_s=time.time() - t0 - info['wall_s'])
-        name = f'channels -{a.unet_prune:.0%} of block FLOPs (output importance) + {a.recover_steps} distillation steps'
+        name = f'channels -{a.unet_prune:.0%} of block FLOPs (output importance) + {steps} distillation steps'
     Dp = Denoiser(small, D.path, D.target)
     x1, y1, t1 = torch.randn(1, 1, 16, 16), torch.zeros(1, dtype=torch.long), torch.rand(1)
     (p0, f0), (p1, f1) = (count_params_flops(m, x1, t1, y=y1, verbose=False) for m in (net, small))
@@ -175,9 +191,10 @@ def main():
     ap.add_argument('--batch', type=int, default=64, help='batch of the latency measurement')
     ap.add_argument('--repeats', type=int, default=9)
     ap.add_argument('--mask-steps', type=int, default=100)
-    ap.add_argument('--recover-steps', type=int, default=1200, help='distillation steps after pruning (1200: ~9 min on one thread for the DiT, mask included)')
+    ap.add_argument('--recover-steps', type=int, default=None, help='distillation steps after pruning (default: DiT 1700, ~9 CPU-minutes with the mask; UNet 1200)')
     ap.add_argument('--prune-batch', type=int, default=32)
-    ap.add_argument('--prune-lr', type=float, default=5e-4)
+    ap.add_argument('--prune-lr', type=float, default=None, help='peak learning rate of the recovery (default: DiT 2e-3, UNet 5e-4)')
+    ap.add_argument('--match-weight', type=float, default=1., help="weight of the DiT student's block outputs against the teacher's run ends (0: output only)")
     ap.add_argument('--warm-start', action='store_true', help='recover the DiT from the weights trained jointly with the mask')
     ap.add_argument('--unet-prune', type=float, default=0.3, help='share of the UNet residual-block FLOPs to remove')
     ap.add_argument('--quick', action='store_true', help='a smoke run: 60 samples, 10 steps, few recovery steps')

@@ -15,23 +15,44 @@ from ..paths import GaussianPath, get_path
 from ..training import Trainer
 
 # %% auto #0
-__all__ = ['distill_loss', 'cpu_seconds', 'recover', 'MaskedBlock', 'LayerMask', 'learn_layer_mask', 'prune_depth', 'resblocks',
-           'channel_groups', 'group_flops', 'magnitude_importance', 'output_importance', 'select_groups',
+__all__ = ['distill_loss', 'depth_match', 'cpu_seconds', 'recover', 'MaskedBlock', 'LayerMask', 'learn_layer_mask', 'prune_depth',
+           'resblocks', 'channel_groups', 'group_flops', 'magnitude_importance', 'output_importance', 'select_groups',
            'prune_channels']
 
 # %% ../../nbs/73_accel.prune.ipynb #8ae69a25
-def distill_loss(teacher: nn.Module, path: GaussianPath | str, shape, num_classes: int = 0, p_uncond: float = 0.1, density: str = 'uniform'):
-    "loss(net, batch, generator) = mean ||net(x_t, t, y) - teacher(x_t, t, y)||^2 over rows [x0 flattened (, label)], x_t drawn on `path`."
-    path, shape = get_path(path), tuple(shape)
+def _block_outputs(net: nn.Module, idx, blocks: str = 'blocks'):
+    "Hooks storing the outputs of net.<blocks>[i] for i in idx: (dict i -> output, handles to remove)."
+    store, blist = {}, getattr(getattr(net, 'module', net), blocks)
+    return store, [blist[i].register_forward_hook(lambda m, a, o, i=i: store.__setitem__(i, o)) for i in idx]
+
+def distill_loss(teacher: nn.Module, path: GaussianPath | str, shape, num_classes: int = 0, p_uncond: float = 0.1, density: str = 'uniform',
+                 match: dict | None = None, match_weight: float = 1., blocks: str = 'blocks'):
+    """loss(net, batch, generator) = mean ||net(x_t, t, y) - teacher(x_t, t, y)||^2 over rows [x0 flattened (, label)], x_t drawn on `path`;
+    with `match` (student block -> teacher block), plus `match_weight` x the mean relative squared error of those blocks' outputs."""
+    path, shape, match = get_path(path), tuple(shape), dict(match or {})
     def loss(net, batch, g):
         x0 = batch[:, :-1] if num_classes else batch
         x0, cond = x0.reshape(-1, *shape), {}
         if num_classes: cond['y'] = drop_labels(batch[:, -1].long(), p_uncond, num_classes, g)
         t = sample_t(len(x0), density, g).to(x0)
         xt, _ = path.sample(x0, t, torch.randn(x0.shape, generator=g, dtype=x0.dtype))
-        with torch.no_grad(): want = teacher(xt, t, **cond)
-        return (net(xt, t, **cond) - want).pow(2).mean()
+        ft, ht = _block_outputs(teacher, match.values(), blocks) if match else ({}, [])
+        fs, hs = _block_outputs(net, match, blocks) if match else ({}, [])
+        try:
+            with torch.no_grad(): want = teacher(xt, t, **cond)
+            out = (net(xt, t, **cond) - want).pow(2).mean()
+        finally:
+            for h in ht + hs: h.remove()
+        if not match: return out
+        feat = sum((fs[k] - ft[j]).pow(2).mean() / ft[j].pow(2).mean().clamp_min(1e-12) for k, j in match.items()) / len(match)
+        return out + match_weight * feat
     return loss
+
+def depth_match(kept, group: int) -> dict:
+    "For a student of the blocks `kept` (N:M runs of `group`): its last block in each run -> the teacher's last block of that run."
+    last = {}
+    for k, j in enumerate(sorted(kept)): last[j // group] = k
+    return {k: (r + 1) * group - 1 for r, k in last.items()}
 
 def _rows(x0: Tensor, y: Tensor | None) -> Tensor:
     "Training rows: flattened images, with the label as a last column when given."
@@ -48,10 +69,12 @@ def recover(student: nn.Module, teacher: nn.Module, path: GaussianPath | str, x0
             lr: float = 5e-4,          # Peak learning rate (warm-up, then cosine decay).
             p_uncond: float = 0.1,     # Label-drop probability (keeps the CFG branch).
             ema_decay: float | None = 0.99,  # EMA of the student's weights (None: none).
+            match: dict | None = None, # Student block -> teacher block whose outputs it also learns (e.g. `depth_match`).
+            match_weight: float = 1.,  # Weight of that block-output term.
             seed: int = 0, **kwargs):
     "Distil backbone `teacher` into pruned backbone `student` on noised data for `steps` steps; return (student in eval mode, info with wall and CPU seconds)."
     num_classes = int(getattr(teacher, 'num_classes', 0) or 0) if y is not None else 0
-    loss = distill_loss(teacher.eval().requires_grad_(False), path, x0.shape[1:], num_classes, p_uncond)
+    loss = distill_loss(teacher.eval().requires_grad_(False), path, x0.shape[1:], num_classes, p_uncond, match=match, match_weight=match_weight)
     t0, c0 = time.time(), cpu_seconds()
     tr = Trainer(student.train().requires_grad_(True), loss, _rows(x0, y), steps=steps, batch_size=batch_size, lr=lr,
                  warmup=min(50, steps // 10), ema_decay=ema_decay, generator=torch.Generator().manual_seed(seed), **kwargs)
