@@ -10,7 +10,7 @@ import copy, math, time, warnings
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from ..core import as_time
+from ..core import as_time, time_value
 from ..samplers import sample_dpmpp_2m
 
 # %% auto #0
@@ -18,7 +18,8 @@ __all__ = ['GRANULARITIES', 'qrange', 'quant_params', 'fake_quant', 'quantize_we
            'log_quantize_weight', 'log_dequantize_weight', 'hadamard', 'rotate', 'QuantContext', 'quant_input',
            'by_group', 'QuantLayer', 'QuantLinear', 'QuantConv2d', 'time_groups', 'QuantDenoiser', 'calibrate',
            'layer_errors', 'cpu_has_vnni', 'int8_available', 'int8_weight_bits', 'Int8Layer', 'Int8Linear',
-           'Int8Conv2d', 'to_int8', 'compare_latency', 'pack_int4', 'unpack_int4', 'packed_state_dict', 'state_bytes']
+           'Int8Conv2d', 'to_int8', 'compare_latency', 'pack_int4', 'unpack_int4', 'packed_state_dict', 'state_bytes',
+           'OutputCorrection', 'calibrate_correction']
 
 # %% ../../nbs/72_accel.quant.ipynb #a69e5262
 def qrange(bits: int, symmetric: bool = True) -> tuple[int, int]:
@@ -440,3 +441,33 @@ def packed_state_dict(qD: QuantDenoiser) -> dict:
 def state_bytes(sd: dict) -> int:
     "Bytes of the tensors in a state dict."
     return sum(v.numel() * v.element_size() for v in sd.values() if isinstance(v, Tensor))
+
+# %% ../../nbs/72_accel.quant.ipynb #02371973
+def _time_key(t, x: Tensor) -> float:
+    tv = time_value(t)
+    return round(tv if tv is not None else float(as_time(t, x).max()), 6)
+
+class OutputCorrection:
+    "D'(x, t) = a(t) * D(x, t) + b(t) per channel, with (a, b) fitted per sampler time by `calibrate_correction`; identity at other times."
+    def __init__(self, model, coefs: dict | None = None):
+        self.model, self.coefs, self.path = model, dict(coefs or {}), getattr(model, 'path', None)
+    def __call__(self, x: Tensor, t, **cond) -> Tensor:
+        out = self.model(x, t, **cond)
+        ab = self.coefs.get(_time_key(t, x))
+        return out if ab is None else out * ab[0] + ab[1]
+    def __repr__(self): return f'OutputCorrection({self.model!r}, {len(self.coefs)} times)'
+
+@torch.no_grad()
+def calibrate_correction(model, reference, x: Tensor, ts, sampler=sample_dpmpp_2m, extra_args: dict | None = None) -> OutputCorrection:
+    "Fit OutputCorrection(model) so that it matches `reference` (e.g. the fp32 uncached denoiser) at each step of its own run of `sampler` from noise x."
+    corr = OutputCorrection(model)
+    def fit(xs, t, **cond):
+        out, want = model(xs, t, **cond), reference(xs, t, **cond)
+        dims = [d for d in range(out.ndim) if d != 1]                       # one (a, b) per channel
+        mo, mw = out.mean(dims, keepdim=True), want.mean(dims, keepdim=True)
+        var, cov = (out - mo).pow(2).mean(dims, keepdim=True), ((out - mo) * (want - mw)).mean(dims, keepdim=True)
+        a = torch.where(var > 1e-12, cov / var.clamp_min(1e-12), torch.ones_like(var))   # a constant output: shift only
+        corr.coefs[_time_key(t, xs)] = (a, mw - a * mo)
+        return out * a + (mw - a * mo)
+    sampler(fit, x, ts, path=corr.path, extra_args=extra_args)
+    return corr
