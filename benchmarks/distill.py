@@ -88,12 +88,13 @@ def students(S, log, which=STUDENTS):
     "Train the students named in `which` (InstaFlow needs 2-RF); return {name: dict(maps={k: flow map}, renoise=bool, steps=int, wall=, cpu=)} and the cost of the pairs."
     out = {}
     cost = {}
-    with Clock() as c:                                    # the teacher's runs: (x0, x1) pairs and the states on the 4-step grid
-        states = teacher_pairs(S.teacher, S.noise, uniform_grid(S.teacher_steps), sampler=sample_dpmpp_2m,
-                               extra_args=S.noise_cond, batch_size=S.teacher_batch, trajectory=True)
-    cost['pairs'] = dict(wall=c.wall, cpu=c.cpu, n=len(S.noise), nfe=S.teacher_steps)
-    log(f"teacher pairs: {len(S.noise)} runs of {S.teacher_steps} DPM-Solver++(2M) steps, {c.wall:.0f} s wall, {c.cpu:.0f} s CPU")
-    pairs, unpack = pack(x0=states[-1], x1=states[0], **S.noise_cond)
+    if {'rf2', 'insta', 'traj'} & set(which):             # only these train on the teacher's runs
+        with Clock() as c:                                # the teacher's runs: (x0, x1) pairs and the states on its grid
+            states = teacher_pairs(S.teacher, S.noise, uniform_grid(S.teacher_steps), sampler=sample_dpmpp_2m,
+                                   extra_args=S.noise_cond, batch_size=S.teacher_batch, trajectory=True)
+        cost['pairs'] = dict(wall=c.wall, cpu=c.cpu, n=len(S.noise), nfe=S.teacher_steps)
+        log(f"teacher pairs: {len(S.noise)} runs of {S.teacher_steps} DPM-Solver++(2M) steps, {c.wall:.0f} s wall, {c.cpu:.0f} s CPU")
+        pairs, unpack = pack(x0=states[-1], x1=states[0], **S.noise_cond)
 
     def record(name, maps, c, steps, renoise=False):
         out[name] = dict(maps=maps, renoise=renoise, steps=steps, wall=c.wall, cpu=c.cpu)
@@ -176,9 +177,10 @@ def print_table(title, teacher_q, floor, res, table, cost, extra=''):
         st = table[name]
         print(f"{name:44}" + ''.join(fmt(q, k) for k in KS) + f"{st['steps']:12d}{st['wall']:8.0f}{st['cpu']:8.0f}")
     print(f"{'data floor (data against data)':44}{floor:9.4f}")
-    p = cost['pairs']
-    print(f"teacher runs shared by reflow / InstaFlow / trajectory distillation: {p['n']} x {p['nfe']} NFE, "
-          f"{p['wall']:.0f} s wall, {p['cpu']:.0f} s CPU" + extra)
+    p = cost.get('pairs')
+    if p: print(f"teacher runs shared by reflow / InstaFlow / trajectory distillation: {p['n']} x {p['nfe']} NFE, "
+                f"{p['wall']:.0f} s wall, {p['cpu']:.0f} s CPU" + extra)
+    elif extra: print(extra.lstrip('; '))
 
 
 def toy_setup(mode):

@@ -467,7 +467,8 @@ def calibrate_correction(model, reference, x: Tensor, ts, sampler=sample_dpmpp_2
         mo, mw = out.mean(dims, keepdim=True), want.mean(dims, keepdim=True)
         var, cov = (out - mo).pow(2).mean(dims, keepdim=True), ((out - mo) * (want - mw)).mean(dims, keepdim=True)
         a = torch.where(var > 1e-12, cov / var.clamp_min(1e-12), torch.ones_like(var))   # a constant output: shift only
-        corr.coefs[_time_key(t, xs)] = (a, mw - a * mo)
-        return out * a + (mw - a * mo)
+        b = mw - a * mo
+        corr.coefs[_time_key(t, xs)] = (a, b)
+        return out * a + b
     sampler(fit, x, ts, path=corr.path, extra_args=extra_args)
     return corr
